@@ -1,0 +1,1 @@
+"""Face geometry: detection and canvases, mesh, UV maps."""
