@@ -1,0 +1,220 @@
+"""Figures, tables, numbers and provenance for the notebooks.
+
+Every notebook writes its artefacts through these helpers so that the runner,
+the tests and the README all find them in one place:
+
+* figures  -> ``figures/<profile>/<name>.png`` and ``.pdf``
+* tables   -> ``papermill_runs/<profile>/results/<name>.csv`` and ``.md``
+* numbers  -> ``papermill_runs/<profile>/results/<notebook>.json``
+
+All writes are atomic (temporary file, then rename), so a crashed run never
+leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import paths
+
+
+def _atomic_write_bytes(target: Path, data: bytes) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    return _atomic_write_bytes(Path(target), text.encode("utf-8"))
+
+
+def savefig(
+    fig, name: str, profile: str, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 120
+) -> list[Path]:
+    """Save a matplotlib figure as ``figures/<profile>/<name>.<fmt>`` (atomic); returns the paths."""
+    out = []
+    folder = paths.figures_dir(profile)
+    for fmt in formats:
+        target = folder / f"{name}.{fmt}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{fmt}", dir=folder)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        out.append(target)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, Paths and NaN into plain JSON."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if np is not None:
+        if isinstance(obj, np.ndarray):
+            return _jsonable(obj.tolist())
+        if isinstance(obj, np.generic):
+            return _jsonable(obj.item())
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensor
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    return obj
+
+
+def save_results(notebook: str, results: dict, profile: str, merge: bool = True) -> Path:
+    """Write ``papermill_runs/<profile>/results/<notebook>.json``.
+
+    With ``merge`` (default) keys already in the file are kept unless overwritten,
+    so a notebook may save its numbers section by section.
+    """
+    target = paths.results_dir(profile) / f"{notebook}.json"
+    data: dict = {}
+    if merge and target.exists():
+        try:
+            data = json.loads(target.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    data.update(_jsonable(results))
+    data["_written"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    data["_profile"] = profile
+    return atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_results(notebook: str, profile: str) -> dict:
+    target = paths.results_dir(profile, create=False) / f"{notebook}.json"
+    return json.loads(target.read_text())
+
+
+def save_table(df, name: str, profile: str, floatfmt: str = ".3f", index: bool = True) -> tuple[Path, Path]:
+    """Write a pandas DataFrame as CSV and Markdown under ``papermill_runs/<profile>/results/``."""
+    folder = paths.results_dir(profile)
+    csv = atomic_write_text(folder / f"{name}.csv", df.to_csv(index=index))
+    md = atomic_write_text(folder / f"{name}.md", to_markdown(df, floatfmt=floatfmt, index=index) + "\n")
+    return csv, md
+
+
+def to_markdown(df, floatfmt: str = ".3f", index: bool = True) -> str:
+    """A GitHub-flavoured Markdown table (no `tabulate` dependency)."""
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = ([str(idx)] if index else []) + [fmt(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=paths.REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=paths.REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return (rev or "unknown") + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def provenance() -> dict:
+    """Versions, device and git revision: the last cell of every notebook prints this."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in [
+        "protego_nb",
+        "torch",
+        "torchvision",
+        "numpy",
+        "kornia",
+        "facenet-pytorch",
+        "mediapipe",
+        "umap-learn",
+        "papermill",
+        "scikit-learn",
+        "opencv-contrib-python-headless",
+    ]:
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        threads = torch.get_num_threads()
+    except Exception:  # pragma: no cover
+        device, threads = "unknown", None
+    return {
+        "git": git_revision(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "device": device,
+        "versions": versions,
+        "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is returned as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) in one call."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
