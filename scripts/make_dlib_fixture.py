@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=args.out.parent)
     os.close(fd)
     try:
-        np.savez_compressed(tmp, chips=chips, descriptors=desc, names=np.array(names), dlib_version=dlib.__version__)
+        np.savez_compressed(
+            tmp, chips=chips, descriptors=desc, names=np.array(names), dlib_version=dlib.__version__
+        )
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):

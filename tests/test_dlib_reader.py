@@ -37,7 +37,11 @@ def test_parse_structure(dat):
     assert net.chip_size == (150, 150)
     np.testing.assert_allclose(net.input_mean, (122.782, 117.001, 104.298), atol=1e-4)
     assert abs(net.distance_threshold - 0.6) < 1e-6
-    n_params = sum(ly.params.size + (0 if ly.bias is None else ly.bias.size) for ly in net.layers if ly.params is not None)
+    n_params = sum(
+        ly.params.size + (0 if ly.bias is None else ly.bias.size)
+        for ly in net.layers
+        if ly.params is not None
+    )
     assert n_params == 5_614_592
 
 

@@ -88,7 +88,9 @@ class _Reader:
         self.path = path
 
     def fail(self, why: str) -> DlibFormatError:
-        return DlibFormatError(f"{self.path}: not a dlib face-recognition ResNet file ({why}, at byte {self.o})")
+        return DlibFormatError(
+            f"{self.path}: not a dlib face-recognition ResNet file ({why}, at byte {self.o})"
+        )
 
     def int(self) -> int:
         if self.o >= len(self.b):
@@ -194,7 +196,9 @@ def parse_dlib(path: str | os.PathLike) -> DlibNet:
             if n_w <= 0 or n_w % (o * kh * kw):
                 raise r.fail(f"con_4 has {params.size} parameters, not filters+bias for {o} {kh}x{kw}")
             c_in = n_w // (o * kh * kw)
-            layer = DlibLayer(tag, params[:n_w].reshape(o, c_in, kh, kw), params[n_w:], (o, kh, kw, sy, sx, py, px))
+            layer = DlibLayer(
+                tag, params[:n_w].reshape(o, c_in, kh, kw), params[n_w:], (o, kh, kw, sy, sx, py, px)
+            )
         elif tag == "affine_":
             params = r.tensor().reshape(-1)
             if params.size % 2:
@@ -241,7 +245,13 @@ def _expected_layout() -> tuple[list[str], list[int]]:
     def ares_down() -> list[str]:
         return ["tag", *block, "tag", "skip", "avg_pool_2", "add_prev_", "relu_"]
 
-    for stage in ([ares] * 3, [ares_down] + [ares] * 3, [ares_down] + [ares] * 2, [ares_down] + [ares] * 2, [ares_down]):
+    for stage in (
+        [ares] * 3,
+        [ares_down] + [ares] * 3,
+        [ares_down] + [ares] * 2,
+        [ares_down] + [ares] * 2,
+        [ares_down],
+    ):
         for fn in stage:
             seq += fn()
     seq += ["avg_pool_2", "fc_2"]
