@@ -157,7 +157,16 @@ def nchw_to_graph_input(x: torch.Tensor, expect_hwc: tuple[int | None, int | Non
 # --------------------------------------------------------------------------------------
 
 # TensorType enum values (tensorflow/lite/schema/schema.fbs)
-_NP_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16, 9: np.int8}
+_NP_TYPES = {
+    0: np.float32,
+    1: np.float16,
+    2: np.int32,
+    3: np.uint8,
+    4: np.int64,
+    6: np.bool_,
+    7: np.int16,
+    9: np.int8,
+}
 _ACT = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh"}
 
 SUPPORTED_OPS: tuple[str, ...] = (
@@ -224,7 +233,9 @@ class TFLiteGraph(nn.Module):
             raise ValueError(f"{where}: not a TFLite flatbuffer (missing 'TFL3' identifier)")
         model = tflite.Model.GetRootAsModel(raw, 0)
         if model.SubgraphsLength() != 1:
-            raise UnsupportedOpError(f"{where}: {model.SubgraphsLength()} subgraphs; only single-subgraph models")
+            raise UnsupportedOpError(
+                f"{where}: {model.SubgraphsLength()} subgraphs; only single-subgraph models"
+            )
         g = model.Subgraphs(0)
         names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
         codes = []
@@ -244,7 +255,9 @@ class TFLiteGraph(nn.Module):
             if data is None:
                 continue
             if t.Type() not in _NP_TYPES:
-                raise UnsupportedOpError(f"{where}: tensor {self.tensor_names[-1]!r} has unsupported type {t.Type()}")
+                raise UnsupportedOpError(
+                    f"{where}: tensor {self.tensor_names[-1]!r} has unsupported type {t.Type()}"
+                )
             arr = np.frombuffer(data, dtype=_NP_TYPES[t.Type()]).reshape(self._static_shapes[-1])
             q = t.Quantization()
             qparams = None
@@ -296,6 +309,13 @@ class TFLiteGraph(nn.Module):
                 continue
             steps.append(_Step(name, ins, outs, self._parse_options(name, op, ins, where, out_name)))
         self._steps = self._prune(steps, wanted)
+        # drop raw (OHWI / float16) copies that only fed convolutions or folded DEQUANTIZEs
+        used = set(wanted)
+        for st in self._steps:
+            conv = st.op in ("CONV_2D", "DEPTHWISE_CONV_2D")
+            used.update(i for k, i in enumerate(st.inputs) if i >= 0 and not (conv and k == 1))
+        for ti in [t for t in self._const_key if t not in used]:
+            delattr(self, self._const_key.pop(ti))
 
     # -- parsing helpers -----------------------------------------------------------------
     @staticmethod
@@ -424,7 +444,9 @@ class TFLiteGraph(nn.Module):
         if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             x = self._val(env, s.inputs[0])
             b = getattr(self, o["b"]) if o["b"] else None
-            y = conv2d_nhwc(x, getattr(self, o["w"]), b, o["stride"], o["padding"], o["dilation"], o["groups"])
+            y = conv2d_nhwc(
+                x, getattr(self, o["w"]), b, o["stride"], o["padding"], o["dilation"], o["groups"]
+            )
             return _apply_act(y, o["act"])
         if op in ("ADD", "SUB", "MUL", "DIV"):
             a, b = self._val(env, s.inputs[0]), self._val(env, s.inputs[1])
