@@ -121,7 +121,7 @@ def main() -> int:
     meta = {
         "tfjs_version": res["tfjs_version"],
         "backend": res["backend"],
-        "images": ["block noise (seed %d)" % SEED, *FACES],
+        "images": [f"block noise (seed {SEED})", *FACES],
         "crops": {
             "faceres": "ArcFace template x2 at 224 (align.template(224, 1.0))",
             "mobileface": "ArcFace-112",
