@@ -1,0 +1,255 @@
+"""Protego's training loss: hypersensitivity (log-det), feature (cosine) and SSIM terms.
+
+The authors' loss (``protego/protego_train.py`` of the release, see ``reference/protego_method.md`` section 1),
+for each surrogate FR model ``f`` and a batch of ``N`` protected canvases ``x'`` of one user::
+
+    Z = normalize(f(x'))                       # [N, D], L2-normalised rows
+    G = Z Z^T                                  # [N, N] Gram matrix
+    L_hyper = -log(det(G + c I) + c)           # c = 1e-4
+    L_feat  = mean_i cos(f(x_i), f(x'_i))      # to the clean embedding
+    L_f     = L_hyper + L_feat + w * max(0.95 - SSIM(x', x), 0)
+    L       = mean_f L_f
+
+Minimising ``-log det`` maximises the volume spanned by the protected embeddings ("hypersensitivity":
+protected photos of the same person no longer match each other); the cosine term pushes each protected
+photo away from its own clean embedding; ``w`` follows Chameleon's halve/double/reset schedule
+(:class:`DynamicSSIMWeight`).
+
+Differences from the authors' code, all numerical: ``det`` is never formed (a Cholesky factor in float64
+gives ``log det``, and the authors' ``-log(det + c)`` is evaluated as ``-logaddexp(log det, log c)``), so
+the value is finite for any batch (identical rows, ``N = 1``, ``N > D``), and the plain form
+``-logdet(G + cI)`` is offered as a named option. SSIM is kornia's (Gaussian window 11, sigma 1.5, data
+range 1, valid convolution, no denominator epsilon), which is the quantity ``pytorch_msssim.ssim`` computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "GRAM_C",
+    "LOGDET_FORMS",
+    "DynamicSSIMWeight",
+    "cosine_term",
+    "ensemble_terms",
+    "gram_logdet",
+    "logdet_term",
+    "protego_loss",
+    "ssim",
+    "ssim_hinge",
+]
+
+#: Jitter ``c`` the authors add to the Gram matrix's diagonal and to its determinant.
+GRAM_C = 1e-4
+#: ``"authors"``: ``-log(det(G + cI) + c)``; ``"logdet"``: ``-logdet(G + cI)``.
+LOGDET_FORMS = ("authors", "logdet")
+
+
+def gram_logdet(z: torch.Tensor, c: float = GRAM_C) -> torch.Tensor:
+    """``log det(Z Z^T + c I)`` of the rows of ``z`` ``[N, D]`` (rows are L2-normalised first).
+
+    Computed in float64 through a Cholesky factor (``G + cI`` is symmetric positive definite with every
+    eigenvalue ``>= c``), so it is finite for identical rows, ``N = 1`` and ``N > D``; differentiable.
+    """
+    if z.dim() != 2:
+        raise ValueError(f"embeddings must be [N, D], got {tuple(z.shape)}")
+    if c <= 0:
+        raise ValueError(f"the Gram jitter c must be > 0, got {c}")
+    zn = F.normalize(z.to(torch.float64), p=2, dim=1)
+    n = zn.shape[0]
+    gram = zn @ zn.T
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    a = 0.5 * (gram + gram.T) + c * eye
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info.max()) == 0:
+        out = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum()
+    else:  # pragma: no cover - G + cI is PD in exact arithmetic; guard against round-off anyway
+        out = torch.log(torch.linalg.eigvalsh(a).clamp_min(c)).sum()
+    return out.to(z.dtype)
+
+
+def logdet_term(z: torch.Tensor, form: str = "authors", c: float = GRAM_C) -> torch.Tensor:
+    """The hypersensitivity loss of a batch of embeddings ``z`` ``[N, D]`` (to be minimised).
+
+    ``form="authors"``: ``-log(det(G + cI) + c)``, bounded above by ``-log(c)`` (9.21 for ``c = 1e-4``);
+    its gradient is the plain form's scaled by ``det / (det + c)``, i.e. vanishing while the embeddings are
+    tight. ``form="logdet"``: ``-log det(G + cI)``, unbounded above (``-(N - 1) log c`` for identical rows).
+    ``G = Z Z^T`` of the L2-normalised rows (normalising again is harmless).
+    """
+    if form not in LOGDET_FORMS:
+        raise ValueError(f"unknown log-det form {form!r}; choose one of {LOGDET_FORMS}")
+    ld = gram_logdet(z, c)
+    if form == "logdet":
+        return -ld
+    return -torch.logaddexp(ld, ld.new_tensor(math.log(c)))
+
+
+def cosine_term(prot: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between protected and clean embeddings (rows); in ``[-1, 1]``.
+
+    ``clean`` is treated as a constant (detached): compute it once, without autograd.
+    """
+    if prot.shape != clean.shape or prot.dim() != 2:
+        raise ValueError(f"embeddings must both be [N, D]; got {tuple(prot.shape)} and {tuple(clean.shape)}")
+    return F.cosine_similarity(prot, clean.detach().to(prot.dtype), dim=1).mean()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of two image batches ``[B, C, H, W]`` in ``[0, 1]`` (pytorch_msssim's defaults).
+
+    kornia's SSIM map with an 11-tap Gaussian window (sigma 1.5), data range 1, ``valid`` convolution and
+    no denominator epsilon, averaged over pixels, channels and images (``size_average=True``).
+    """
+    import kornia.metrics
+
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"SSIM needs two [B, C, H, W] batches of one shape; got {tuple(x.shape)}, {tuple(y.shape)}")
+    if min(x.shape[-2:]) < 11:
+        raise ValueError(f"SSIM with an 11x11 window needs images of at least 11x11, got {tuple(x.shape[-2:])}")
+    return kornia.metrics.ssim(x, y.to(x.dtype), window_size=11, max_val=1.0, eps=0.0, padding="valid").mean()
+
+
+def ssim_hinge(x_prot: torch.Tensor, x_clean: torch.Tensor, floor: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max(floor - SSIM, 0), SSIM)`` for a batch of protected and clean canvases."""
+    s = ssim(x_prot, x_clean.detach())
+    return torch.clamp(floor - s, min=0.0), s
+
+
+@dataclass
+class DynamicSSIMWeight:
+    """Chameleon's / Protego's schedule for the SSIM hinge weight ``w`` (starts at 1).
+
+    After each batch, with ``s`` its SSIM and ``floor`` the SSIM floor (0.95):
+    ``s >= 1.01 floor`` and ``w > 1/129`` -> ``w / 2``; else ``s <= 0.99 floor`` and ``w <= 129`` -> ``2 w``;
+    else ``0.99 floor < s < 1.01 floor`` -> ``w = 1``; otherwise (at a bound) unchanged. So
+    ``w`` stays in ``{2^-8, ..., 2^8}``. Exactly the authors' rule (``protego_train.py``), which is
+    Chameleon's (``core/chameleon.py``).
+    """
+
+    floor: float = 0.95
+    weight: float = 1.0
+    history: list[float] = field(default_factory=list)
+
+    def update(self, s: float | torch.Tensor) -> float:
+        """Apply the rule for a batch SSIM ``s``; returns the new weight."""
+        s = float(s)
+        hi, lo = 1.01 * self.floor, 0.99 * self.floor
+        if s >= hi and self.weight > 1.0 / 129:
+            self.weight /= 2
+        elif s <= lo and self.weight <= 129.0:
+            self.weight *= 2
+        elif lo < s < hi:
+            self.weight = 1.0
+        self.history.append(self.weight)
+        return self.weight
+
+    def state_dict(self) -> dict:
+        return {"floor": self.floor, "weight": self.weight}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.floor = float(state["floor"])
+        self.weight = float(state["weight"])
+
+
+def ensemble_terms(
+    prot_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+    clean_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+    *,
+    logdet_form: str = "authors",
+    use_logdet: bool = True,
+    logdet_weight: float = 1.0,
+    cosine_weight: float = 1.0,
+    model_weights: Mapping[str, float] | None = None,
+    c: float = GRAM_C,
+) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
+    """The feature terms of the Protego loss, one per model and kind, with their weights.
+
+    Returns ``(terms, values)``: ``terms`` a list of ``(key, weight, value)`` with ``key`` ``logdet/<name>``
+    or ``cosine/<name>`` and ``weight`` the term weight times the model's share
+    ``model_weights[name] / sum(model_weights)`` (the weighted loss is ``sum(weight * value)``); the log-det
+    terms are left out when ``use_logdet`` is False. ``values`` holds every term's value as a float,
+    the log-det ones too when they are not used (so a baseline's spread can still be logged).
+    """
+    if not isinstance(prot_feats, Mapping):
+        prot_feats = {f"model{i}": v for i, v in enumerate(prot_feats)}
+    if not isinstance(clean_feats, Mapping):
+        clean_feats = {f"model{i}": v for i, v in enumerate(clean_feats)}
+    if set(prot_feats) != set(clean_feats):
+        raise ValueError(f"protected and clean features name different models: {sorted(prot_feats)} vs {sorted(clean_feats)}")
+    if not prot_feats:
+        raise ValueError("at least one surrogate model's features are needed")
+    unknown = set(model_weights or {}) - set(prot_feats)
+    if unknown:
+        raise ValueError(f"model weights name unknown models {sorted(unknown)}; models are {sorted(prot_feats)}")
+    weights = {name: float((model_weights or {}).get(name, 1.0)) for name in prot_feats}
+    wsum = sum(weights.values())
+    if wsum <= 0 or min(weights.values()) < 0:
+        raise ValueError(f"model weights must be >= 0 with a positive sum, got {weights}")
+    terms: list[tuple[str, float, torch.Tensor]] = []
+    values: dict[str, float] = {}
+    for name, zp in prot_feats.items():
+        share = weights[name] / wsum
+        cos = cosine_term(zp, clean_feats[name])
+        terms.append((f"cosine/{name}", cosine_weight * share, cos))
+        values[f"cosine/{name}"] = float(cos.detach())
+        if use_logdet:
+            ld = logdet_term(zp, form=logdet_form, c=c)
+            terms.append((f"logdet/{name}", logdet_weight * share, ld))
+        else:
+            with torch.no_grad():
+                ld = logdet_term(zp.detach(), form=logdet_form, c=c)
+        values[f"logdet/{name}"] = float(ld.detach())
+    return terms, values
+
+
+def protego_loss(
+    prot_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+    clean_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+    x_prot: torch.Tensor | None = None,
+    x_clean: torch.Tensor | None = None,
+    *,
+    ssim_weight: float = 1.0,
+    min_ssim: float = 0.95,
+    logdet_form: str = "authors",
+    use_logdet: bool = True,
+    logdet_weight: float = 1.0,
+    cosine_weight: float = 1.0,
+    model_weights: Mapping[str, float] | None = None,
+    c: float = GRAM_C,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The Protego loss over a surrogate ensemble, and its parts.
+
+    ``prot_feats[name]`` / ``clean_feats[name]`` are one model's ``[N, D]`` embeddings of the protected and
+    clean canvases (clean ones constant). With the defaults this is the authors' loss
+    ``mean_f(L_hyper + L_feat) + w * hinge`` (the SSIM term is model independent, so averaging it over
+    ``f`` as the authors do leaves it unchanged). ``use_logdet=False`` gives the Chameleon-style baseline
+    (cosine + SSIM). ``model_weights`` (default 1 each) give a weighted mean over models.
+
+    Without ``x_prot``/``x_clean`` the SSIM term is omitted. Returns ``(total, parts)`` with ``parts``
+    holding floats: ``logdet/<name>`` (logged even when unused), ``cosine/<name>``, ``ssim``,
+    ``ssim_hinge``, ``ssim_weight``, ``total``.
+    """
+    terms, parts = ensemble_terms(
+        prot_feats,
+        clean_feats,
+        logdet_form=logdet_form,
+        use_logdet=use_logdet,
+        logdet_weight=logdet_weight,
+        cosine_weight=cosine_weight,
+        model_weights=model_weights,
+        c=c,
+    )
+    total = sum(w * v for _, w, v in terms)
+    if x_prot is not None and x_clean is not None:
+        hinge, s = ssim_hinge(x_prot, x_clean, min_ssim)
+        total = total + ssim_weight * hinge
+        parts["ssim"] = float(s.detach())
+        parts["ssim_hinge"] = float(hinge.detach())
+        parts["ssim_weight"] = float(ssim_weight)
+    parts["total"] = float(total.detach())
+    return total, parts
