@@ -468,8 +468,8 @@ class TFJSGraph(nn.Module):
         if op == "Reshape":
             x = self._v(env, st.inputs[0])
             shape = list(c["shape"])
-            if -1 not in shape and int(np.prod(shape)) != x.numel():
-                shape[0] = -1  # a batch baked into the graph (e.g. 1) is not a limit
+            if shape and shape[0] == 1 and x.ndim > 0 and x.shape[0] != 1:
+                shape[0] = x.shape[0]  # a batch of 1 baked into the graph is not a limit
             return x.reshape(shape)
         if op == "Squeeze":
             x = self._v(env, st.inputs[0])

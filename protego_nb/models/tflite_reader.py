@@ -397,7 +397,10 @@ class TFLiteGraph(nn.Module):
                 if o is None:
                     raise bad("RESHAPE with a non-constant shape")
                 shape = [int(s) for s in o.NewShapeAsNumpy()]
-            return {"shape": shape, "in_batch": (self._static_shapes[ins[0]] or [None])[0]}
+            in_static = self._static_shapes[ins[0]]
+            # the tensor carries the batch if its leading dim is the graph input's declared batch
+            carries = bool(in_static) and in_static[0] == self._declared_batch
+            return {"shape": shape, "batch": self._declared_batch if carries else None}
         if name == "PAD":
             if ins[1] not in self._int_consts:
                 raise bad("PAD with non-constant paddings")
@@ -473,7 +476,7 @@ class TFLiteGraph(nn.Module):
         if op == "RESHAPE":
             x = self._val(env, s.inputs[0])
             shape = list(o["shape"])
-            if shape and o["in_batch"] is not None and shape[0] == o["in_batch"] and -1 not in shape:
+            if shape and o["batch"] is not None and shape[0] == o["batch"]:
                 shape[0] = x.shape[0]  # the declared batch is not a limit
             return x.reshape(shape)
         if op == "PAD":
