@@ -23,6 +23,7 @@ cached too; ``missing`` / ``unreadable`` are not (they depend on the file system
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -60,7 +61,7 @@ _CACHEABLE_IMAGE_FAILURES = ("not_an_image", "corrupt", "too_large")
 # --------------------------------------------------------------------------- detection
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Detection:
     """One MTCNN face in original-image pixel coordinates (OpenCV pixel-centre convention).
 
@@ -136,12 +137,10 @@ class FaceDetector:
 
     def settings(self) -> dict:
         """Everything that changes detection output (the cache key); not device or batch size."""
-        import facenet_pytorch
-
         return {
             "scheme": _CACHE_SCHEME,
             "detector": "facenet_pytorch.MTCNN",
-            "facenet_pytorch": getattr(facenet_pytorch, "__version__", "2.6.0"),
+            "facenet_pytorch": importlib.metadata.version("facenet-pytorch"),
             "min_face_size": self.min_face_size,
             "thresholds": list(self.thresholds),
             "factor": self.factor,
@@ -343,7 +342,7 @@ def make_canvas(
     return canvas, M
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FaceCanvas:
     """A face canvas and everything needed to map it back onto its source image."""
 
