@@ -1,0 +1,250 @@
+"""Tests for protego_nb.protect.train on a toy problem (tiny random conv nets, 32x32 canvases)."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from protego_nb.protect import losses
+from protego_nb.protect import texture as X
+from protego_nb.protect import train as T
+
+torch.set_num_threads(1)
+S = 32  # canvas and texture side
+
+
+class TinyFR(torch.nn.Module):
+    """Stand-in FR model with the zoo's forward signature: (canvas [B,3,H,W], landmarks [B,5,2]) -> [B, D]."""
+
+    def __init__(self, seed: int, name: str | None = None, dim: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.c1 = torch.nn.Conv2d(3, 8, 5, stride=2)
+        self.c2 = torch.nn.Conv2d(8, dim, 3, stride=2)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+            p.requires_grad_(False)
+        if name:
+            self.spec = SimpleNamespace(name=name, similarity="cosine")
+
+    def forward(self, x, lm):
+        h = self.c2(torch.tanh(self.c1(x - 0.5)))
+        return h.mean((2, 3)) + 0.01 * (lm.flatten(1)[:, :1] / x.shape[-1])
+
+
+class Crashing(torch.nn.Module):
+    """Wraps a model and raises after ``limit`` forward calls (a simulated interruption)."""
+
+    def __init__(self, model, limit):
+        super().__init__()
+        self.model, self.limit, self.calls = model, limit, 0
+
+    def forward(self, x, lm):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.model(x, lm)
+
+
+def _data(n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, S, S, generator=g)
+    canvases = (base + 0.1 * torch.rand(n, 3, S, S, generator=g)).clamp(0, 1)
+    landmarks = 8 + torch.rand(n, 5, 2, generator=g) * (S - 16)
+    uv = torch.rand(n, S, S, 2, generator=g) * 2 - 1
+    uv = torch.nn.functional.avg_pool2d(uv.permute(0, 3, 1, 2), 5, 1, 2).permute(0, 2, 3, 1)  # smooth UV grids
+    vis = torch.zeros(n, 1, S, S)
+    vis[:, :, 4:28, 6:26] = 1
+    return canvases, landmarks, X.UVWarp(uv, vis)
+
+
+def _cfg(**kw):
+    base = dict(epochs=6, texture_size=S, lr_rel=0.05, batch_size=4)
+    base.update(kw)
+    return T.TrainConfig.from_preset("ci", **base)
+
+
+MODELS = [TinyFR(1, "a"), TinyFR(2, "b")]
+
+
+def test_presets():
+    r = T.PRESETS["release"]
+    assert (r.epochs, r.batch_size, r.min_ssim, r.eps, r.seed) == (100, 16, 0.95, 16 / 255, 114)
+    assert r.lr == pytest.approx(0.01 * 16 / 255)
+    p = T.PRESETS["paper"]
+    assert p.batch_size == 4 and p.lr == pytest.approx(p.eps / 10) and p.min_ssim == 0.95 and p.epochs > 0
+    assert abs(p.eps - 0.063) < 5e-4
+    c = T.TrainConfig.from_preset("ci", eps=8 / 255)
+    assert c.lr == pytest.approx(c.lr_rel * 8 / 255) and c.preset == "ci"
+    for cfg in T.PRESETS.values():  # defaults: every transfer option off, the authors' loss
+        assert cfg.momentum == 0 and cfg.input_diversity == 0 and cfg.grad_balance == "none" and cfg.use_logdet
+        cfg.validate()
+    with pytest.raises(ValueError, match="unknown preset"):
+        T.TrainConfig.from_preset("fast")
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        T.TrainConfig.from_preset("ci", epoch=3)
+    with pytest.raises(ValueError, match="grad_balance"):
+        T.TrainConfig(grad_balance="l2").validate()
+
+
+def test_training_decreases_the_loss_and_respects_the_bounds():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=8)
+    res = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    steps = cfg.epochs * math.ceil(10 / 4)
+    assert res.steps == steps and all(len(v) == steps for v in res.history.values())
+    assert res.surrogates == ["a", "b"] and res.seconds > 0
+    assert set(res.history) >= {"total", "ssim", "ssim_weight", "logdet/a", "logdet/b", "cosine/a", "cosine/b"}
+    h = res.history["total"]
+    assert sum(h[-3:]) / 3 < sum(h[:3]) / 3 - 0.3  # last epoch vs first epoch (3 steps each)
+    eps32 = torch.tensor(cfg.eps, dtype=torch.float32)
+    assert res.texture.shape == (1, 3, S, S) and res.texture.abs().max() <= eps32
+    prot = X.apply_texture(canvases, warps, res.texture, cfg.eps)
+    assert prot.min() >= 0 and prot.max() <= 1 and (prot - canvases).abs().max() <= cfg.eps + 1e-6
+    # the last partial batch is kept: 10 canvases in batches of 4 -> 3 steps per epoch
+    assert res.history["epoch"][:4] == [0, 0, 0, 1]
+
+
+def _spread(texture, canvases, landmarks, warps, eps):
+    prot = X.apply_texture(canvases, warps, texture, eps)
+    with torch.no_grad():
+        return sum(losses.gram_logdet(m(prot, landmarks)).item() for m in MODELS)
+
+
+def test_logdet_term_spreads_the_protected_embeddings_more_than_the_baseline():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=8)
+    prot = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    base = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(use_logdet=False), progress=False)
+    assert _spread(prot.texture, canvases, landmarks, warps, cfg.eps) > _spread(
+        base.texture, canvases, landmarks, warps, cfg.eps
+    ) + 1.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"shuffle": True, "momentum": 0.9, "input_diversity": 0.7, "grad_balance": "per_term"}],
+)
+def test_same_seed_same_texture(options):
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=2, **options)
+    a = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    b = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    c = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(seed=7), progress=False)
+    d = T.train_ppt(
+        canvases, landmarks, warps, MODELS, cfg, generator=torch.Generator().manual_seed(cfg.seed), progress=False
+    )
+    assert torch.equal(a.texture, b.texture) and torch.equal(a.texture, d.texture)
+    assert not torch.equal(a.texture, c.texture)
+    assert a.history == b.history
+
+
+@pytest.mark.parametrize("options", [{}, {"shuffle": True, "momentum": 0.8, "input_diversity": 0.5}])
+def test_resume_after_an_interruption_gives_the_uninterrupted_texture(tmp_path, options):
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=3, checkpoint_every=2, **options)  # 9 steps, checkpoints at 2, 4, 6, 8
+    full = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    # 3 clean-feature chunks, then 5 training steps; dies in step 6, after the checkpoint at step 4
+    crashing = {"a": Crashing(MODELS[0], limit=math.ceil(10 / 4) + 5), "b": MODELS[1]}
+    with pytest.raises(KeyboardInterrupt):
+        T.train_ppt(canvases, landmarks, warps, crashing, cfg, checkpoint=ckpt, progress=False)
+    assert ckpt.exists() and not [p for p in tmp_path.iterdir() if p.name != "run.ckpt"]
+    counting = Crashing(MODELS[0], limit=10**6)
+    resumed = T.train_ppt(canvases, landmarks, warps, {"a": counting, "b": MODELS[1]}, cfg, checkpoint=ckpt,
+                          progress=False)
+    assert counting.calls == 3 + (9 - 4)  # it really continued from step 4 (clean features, then 5 steps)
+    assert torch.equal(resumed.texture, full.texture)
+    assert resumed.history == full.history and resumed.steps == full.steps
+    # a finished checkpoint resumes to the end at once; resume=False starts over (same result, seeded)
+    again = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, checkpoint=ckpt, progress=False)
+    assert torch.equal(again.texture, full.texture)
+    fresh = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, checkpoint=ckpt, resume=False, progress=False)
+    assert torch.equal(fresh.texture, full.texture)
+
+
+def test_checkpoint_mismatch_is_refused(tmp_path):
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=1)
+    ckpt = tmp_path / "run.ckpt"
+    T.train_ppt(canvases, landmarks, warps, MODELS, cfg, checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(lr_rel=0.2), checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="other canvases"):
+        T.train_ppt(canvases * 0.5, landmarks, warps, MODELS, cfg, checkpoint=ckpt, progress=False)
+    bad = tmp_path / "bad.ckpt"
+    X.save_ppt(bad, torch.zeros(1, 3, S, S), {"epsilon": 0.1})
+    with pytest.raises(ValueError, match="not a protego_nb training checkpoint"):
+        T.train_ppt(canvases, landmarks, warps, MODELS, cfg, checkpoint=bad, progress=False)
+
+
+def test_per_term_balance_makes_the_term_weights_act():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=2, grad_balance="per_term")
+    no_ld = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(term_weights={"logdet": 0.0}),
+                        progress=False)
+    baseline = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(use_logdet=False), progress=False)
+    assert torch.equal(no_ld.texture, baseline.texture)
+    small = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(term_weights={"logdet": 0.3}),
+                        progress=False)
+    full = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    assert not torch.equal(small.texture, full.texture) and not torch.equal(small.texture, baseline.texture)
+    plain = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(grad_balance="none"), progress=False)
+    assert not torch.equal(plain.texture, full.texture)
+
+
+def test_input_diversity_moves_canvas_and_landmarks_together():
+    cfg = _cfg(input_diversity=1.0, di_scale=0.15, di_shift=0.1, di_rotate=20.0)
+    x = torch.zeros(4, 3, 64, 64)
+    lm = torch.tensor([[20.0, 22.0], [44.0, 22.0], [32.0, 32.0], [24.0, 44.0], [40.0, 44.0]]).expand(4, -1, -1)
+    for i, (cx, cy) in enumerate(lm[0].round().long().tolist()):
+        x[:, i % 3, cy - 1 : cy + 2, cx - 1 : cx + 2] = 1.0  # a bright 3x3 dot at each landmark
+    xo, lmo, applied = T._diversity(x, lm.clone(), cfg, torch.Generator().manual_seed(3))
+    assert applied.all() and not torch.allclose(lmo, lm)
+    for b in range(4):
+        for i in range(5):
+            ch = xo[b, i % 3]
+            w = ch.clamp_min(0)
+            w = w * (((torch.arange(64)[None] - lmo[b, i, 0]) ** 2 + (torch.arange(64)[:, None] - lmo[b, i, 1]) ** 2) < 36)
+            yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+            centroid = torch.stack([(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()])
+            assert torch.allclose(centroid, lmo[b, i], atol=0.6), (b, i, centroid, lmo[b, i])
+    xo0, lmo0, applied0 = T._diversity(x, lm, cfg.replace(input_diversity=0.0), torch.Generator().manual_seed(3))
+    assert not applied0.any() and xo0 is x and lmo0 is lm
+
+
+def test_flat_mode_and_saving_the_result(tmp_path):
+    canvases, landmarks, _ = _data()
+    cfg = _cfg(epochs=1, mode="flat")
+    res = T.train_ppt(canvases, landmarks, None, MODELS, cfg, progress=False)
+    assert res.texture.abs().max() <= torch.tensor(cfg.eps, dtype=torch.float32)
+    path = res.save(tmp_path / "me.ppt", user="George_W_Bush")
+    tex, meta = X.load_ppt(path)
+    assert torch.equal(tex, res.texture)
+    assert meta["mode"] == "flat" and meta["surrogates"] == ["a", "b"] and meta["preset"] == "ci"
+    assert meta["seed"] == 114 and meta["steps"] == res.steps and meta["user"] == "George_W_Bush"
+
+
+def test_input_errors():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=1)
+    with pytest.raises(ValueError, match="intruder"):
+        T.train_ppt(canvases, landmarks, warps, MODELS, cfg, intruder="b", progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        T.train_ppt(canvases, landmarks, warps, [TinyFR(1, "a"), TinyFR(2, "a")], cfg, progress=False)
+    with pytest.raises(ValueError, match="landmarks"):
+        T.train_ppt(canvases, landmarks[:, :4], warps, MODELS, cfg, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        T.train_ppt(canvases * 2, landmarks, warps, MODELS, cfg, progress=False)
+    with pytest.raises(ValueError, match="serve 9"):
+        T.train_ppt(canvases, landmarks, warps.select(slice(0, 9)), MODELS, cfg, progress=False)
+    with pytest.raises(ValueError, match="needs UV warps"):
+        T.train_ppt(canvases, landmarks, None, MODELS, cfg, progress=False)
+    with pytest.raises(ValueError, match="set cfg.mode='uv'"):
+        T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(mode="flat"), progress=False)
+    with pytest.raises(ValueError, match="input_diversity"):
+        T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(input_diversity=2.0), progress=False)
+    # unnamed models get positional names; the intruder check then uses those names
+    res = T.train_ppt(canvases, landmarks, warps, [TinyFR(1), TinyFR(2)], cfg, intruder="sface", progress=False)
+    assert res.surrogates == ["model0", "model1"]
