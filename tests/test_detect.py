@@ -332,9 +332,14 @@ def test_cache_hit_skips_mtcnn_and_is_identical(tmp_path, detector, monkeypatch)
     assert build_canvases([copy], detector=FaceDetector(), progress=False).cache_hits == 1
     sha0 = hashlib.sha256(files[0].read_bytes()).hexdigest()
     (root / sha0[:2] / f"{sha0}.json").write_text("{trunc")
+    sha1 = hashlib.sha256(files[1].read_bytes()).hexdigest()
+    rec1 = root / sha1[:2] / f"{sha1}.json"
+    rec1.write_text(json.dumps({**json.loads(rec1.read_text()), "image_size": [1, 1]}))  # stale record
     monkeypatch.setattr(FaceDetector, "_run_mtcnn", real)
     third = build_canvases(files, detector=FaceDetector(), progress=False)
-    assert third.cache_hits == 4 and third.mtcnn_calls == 1 and third.n_ok == 3
+    assert third.cache_hits == 3 and third.mtcnn_calls == 1 and third.n_ok == 3
+    np.testing.assert_array_equal(third.canvases[1].landmarks, first.canvases[1].landmarks)
+    assert json.loads(rec1.read_text())["image_size"] == [250, 250]  # repaired
 
 
 def test_settings_change_cache_key():

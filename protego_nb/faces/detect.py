@@ -543,6 +543,10 @@ def build_canvases(
                         store.put(sha, {"status": "image_error", "reason": exc.reason, "detail": exc.detail})
                     report._fail(p, exc.reason, exc.message)
                     continue
+                if rec is not None and tuple(rec.get("image_size", ())) != (img.shape[1], img.shape[0]):
+                    # decoded differently than when cached (e.g. another Pillow): a miss, detect again
+                    rec = None
+                    store.hits, store.misses = store.hits - 1, store.misses + 1  # type: ignore[union-attr]
                 items.append(_Item(p, sha, img, notes, rec))
             todo = [it for it in items if it.rec is None]
             if todo:
