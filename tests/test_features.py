@@ -49,7 +49,10 @@ def make_canvases(n: int, seed: int = 0, size: int = 32) -> list[Canvas]:
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PROTEGO_CACHE_DIR", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: avoid oversubscribing a shared CPU
+    yield
+    torch.set_num_threads(n)
 
 
 def test_extract_batches_and_matches_one_big_batch():

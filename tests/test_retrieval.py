@@ -13,6 +13,15 @@ from protego_nb.evaluate import retrieval as R
 D = 32
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscribing a shared CPU (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------- helpers
 def make_split(protocol: str = "paper") -> Split:
     """Three users with 2 queries, 3 seen and 2 unseen gallery images each; 6 distractors of 3 identities."""
