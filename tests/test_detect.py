@@ -257,12 +257,13 @@ def test_mixed_batch_keeps_going(tmp_path, detector):
         tmp_path / "noise.png")
     Image.fromarray(np.full((250, 250, 3), 128, np.uint8)).save(tmp_path / "flat.png")
     Image.fromarray(np.full((250, 250), 90, np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.full((10, 14, 3), 90, np.uint8)).save(tmp_path / "speck.png")  # below MTCNN's window
     files = [good, tmp_path / "missing.jpg", tmp_path / "text.jpg", tmp_path / "cut.jpg",
-             tmp_path / "noise.png", tmp_path / "flat.png", good, tmp_path / "gray.png"]
+             tmp_path / "noise.png", tmp_path / "flat.png", good, tmp_path / "gray.png", tmp_path / "speck.png"]
     rep = build_canvases(files, detector=detector, cache=False, batch_size=3, progress=False)
     assert isinstance(rep, CanvasReport)
-    assert rep.n_images == 8 and rep.n_ok == 2
-    assert rep.counts == {"missing": 1, "not_an_image": 1, "corrupt": 1, "no_face": 3}, rep.summary()
+    assert rep.n_images == 9 and rep.n_ok == 2
+    assert rep.counts == {"missing": 1, "not_an_image": 1, "corrupt": 1, "no_face": 4}, rep.summary()
     by_path = {f.path: f for f in rep.failures}
     for name, reason in [("missing.jpg", "missing"), ("text.jpg", "not_an_image"), ("cut.jpg", "corrupt"),
                          ("flat.png", "no_face")]:

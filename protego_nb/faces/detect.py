@@ -194,6 +194,9 @@ class FaceDetector:
         results: list[list[Detection] | Exception | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (im, _, _) in enumerate(prepared):
+            if min(im.shape[:2]) < self.min_face_size:
+                results[i] = []  # smaller than the smallest face MTCNN looks for (its pyramid would be empty)
+                continue
             groups.setdefault(im.shape[:2], []).append(i)
         for idx in groups.values():
             for s in range(0, len(idx), self.batch_size):
