@@ -109,14 +109,17 @@ def _synthetic() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def test_synthetic_graph_matches_onnxruntime(tmp_path):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_synthetic_graph_matches_onnxruntime(tmp_path, fuse):
     model = _synthetic()
     onnx.checker.check_model(model)
     path = tmp_path / "synthetic.onnx"
     onnx.save(model, path)
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    module = load_onnx(path, fuse_batchnorm=fuse)
+    assert ("BatchNormalization" in {n.op for n in module.nodes}) is not fuse  # folded into the Conv
     with torch.no_grad():
-        ours = load_onnx(path)(torch.from_numpy(x)).numpy()
+        ours = module(torch.from_numpy(x)).numpy()
     ref = _ort_run(model, x, "y")
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 

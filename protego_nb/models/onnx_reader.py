@@ -121,7 +121,9 @@ def _batchnorm(node: _Node, x, gamma, beta, mean, var) -> torch.Tensor:
 
 
 def _prelu(node: _Node, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-    return torch.where(x >= 0, x, x * slope)  # ONNX broadcasting of the slope (numpy rules)
+    if x.dim() >= 2 and slope.numel() == x.shape[1] and slope.shape == (x.shape[1],) + (1,) * (x.dim() - 2):
+        return F.prelu(x, slope.reshape(-1))  # per-channel: one fused kernel
+    return torch.where(x >= 0, x, x * slope)  # general ONNX (numpy) broadcasting of the slope
 
 
 def _gemm(node: _Node, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,10 +229,13 @@ class OnnxModule(nn.Module):
         return f"source={self.source!r}, input={self.input_name!r}, output={self.output_name!r}, nodes={len(self.nodes)}"
 
 
-def load_onnx(path: str | os.PathLike, output: str | None = None) -> OnnxModule:
+def load_onnx(path: str | os.PathLike, output: str | None = None, fuse_batchnorm: bool = True) -> OnnxModule:
     """Read an ONNX model into an eval-mode :class:`OnnxModule` returning ``output``.
 
-    ``output`` defaults to the graph's only output. Raises :class:`OnnxFormatError` naming
+    ``output`` defaults to the graph's only output. ``fuse_batchnorm`` folds each
+    inference ``BatchNormalization`` that directly follows a ``Conv`` with constant
+    weights into that convolution (``w * g / sqrt(v + eps)``, ``(b - m) * g / sqrt(v + eps)
+    + beta``), which changes results only by float rounding and saves a pass per layer. Raises :class:`OnnxFormatError` naming
     the file and the reason for unreadable files, unsupported operators, several data
     inputs or an unknown output name.
     """
@@ -292,6 +297,8 @@ def load_onnx(path: str | os.PathLike, output: str | None = None) -> OnnxModule:
                         consts[name] = value.contiguous()
             else:
                 runtime.append(node)
+    if fuse_batchnorm:
+        runtime = _fuse_conv_bn(runtime, consts, keep={output})
     produced = {o for n in runtime for o in n.outputs} | {data_inputs[0]}
     if output not in produced and output not in consts:
         raise OnnxFormatError(f"{src}: no tensor named '{output}' (graph outputs: {outputs})")
@@ -299,6 +306,44 @@ def load_onnx(path: str | os.PathLike, output: str | None = None) -> OnnxModule:
     kept = {k: (v.float() if v.is_floating_point() else v) for k, v in consts.items() if k in needed}
     module = OnnxModule(kept, _prune(runtime, output), data_inputs[0], output, src)
     return module.eval()
+
+
+def _fuse_conv_bn(nodes: list[_Node], consts: dict[str, torch.Tensor], keep: set[str]) -> list[_Node]:
+    """Fold Conv -> BatchNormalization pairs (constant weights, conv output read only by the BN)."""
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for i in n.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    producer = {o: n for n in nodes for o in n.outputs}
+    fused: set[int] = set()
+    for bn in nodes:
+        if bn.op != "BatchNormalization" or len(bn.outputs) != 1 or _attr(bn, "training_mode", 0):
+            continue
+        conv = producer.get(bn.inputs[0])
+        if (
+            conv is None
+            or conv.op != "Conv"
+            or readers.get(conv.outputs[0], 0) != 1
+            or conv.outputs[0] in keep
+        ):
+            continue
+        if not all(i in consts for i in conv.inputs[1:] if i) or not all(i in consts for i in bn.inputs[1:]):
+            continue
+        w = consts[conv.inputs[1]].double()
+        b = (
+            consts[conv.inputs[2]].double()
+            if len(conv.inputs) > 2 and conv.inputs[2]
+            else torch.zeros(w.shape[0])
+        )
+        gamma, beta, mean, var = (consts[i].double() for i in bn.inputs[1:5])
+        k = gamma / torch.sqrt(var + _attr(bn, "epsilon", 1e-5))
+        wname, bname = f"{conv.outputs[0]}__fused_w", f"{conv.outputs[0]}__fused_b"
+        consts[wname] = (w * k.view(-1, *([1] * (w.dim() - 1)))).float()
+        consts[bname] = ((b.double() - mean) * k + beta).float()
+        conv.inputs = [conv.inputs[0], wname, bname]
+        conv.outputs = [bn.outputs[0]]
+        fused.add(id(bn))
+    return [n for n in nodes if id(n) not in fused]
 
 
 def _prune(nodes: list[_Node], output: str) -> list[_Node]:
