@@ -332,6 +332,9 @@ def test_uvmap_container():
     one = m[1]
     assert len(one) == 1 and torch.equal(one.uv[0], m.uv[1])
     assert len(m[[0, 2]]) == 2 and len(uv.UVMap.cat([m, one])) == 5
+    assert torch.equal(m[np.int64(-1)].uv, m.uv[3:]) and torch.equal(m[-2].vis, m.vis[2:3])
+    with pytest.raises(IndexError, match="out of range"):
+        m[4]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -71,8 +71,11 @@ class UVMap:
 
     def __getitem__(self, idx) -> UVMap:
         """Select images (int, slice, index list or bool mask); always keeps the batch dimension."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx) + (len(self) if idx < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"UV map index {int(idx)} out of range for a batch of {len(self)}")
+            idx = slice(i, i + 1)
         return UVMap(self.uv[idx], self.vis[idx], self.face_index[idx], self.depth[idx])
 
     @staticmethod
@@ -321,6 +324,15 @@ SEMANTIC_COLOURS: dict[str, tuple[float, float, float]] = {
 # Nose: convex hull (in UV space) of these vertices (bridge 168/6/197/195, tip 4/1, bottom 2,
 # nostril wings 98/327/64/294/129/358/48/278/102/331/49/279).
 _NOSE_POINTS = [168, 6, 197, 195, 5, 4, 1, 2, 98, 327, 64, 294, 129, 358, 48, 278, 102, 331, 49, 279]
+
+
+def face_texel_mask(size: int = 256) -> torch.Tensor:
+    """``bool [size, size]``: texels inside the face silhouette of the canonical UV layout.
+
+    Texels outside it can never be sampled (no triangle maps there); coverage statistics are
+    reported relative to this mask. Same texel convention as ``align_corners=True``.
+    """
+    return semantic_texture(size)[0].sum(0) > 0
 
 
 def semantic_texture(size: int = 256) -> torch.Tensor:
