@@ -76,6 +76,8 @@ def test_mobilefacenet_matches_litert(mfn):
         ours = mfn(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     assert ours.shape == (4, 192)
     assert _rel(ours, ref) <= TOL
+    # all 33 written-out PReLUs (RELU/ABS/SUB/MUL/ADD) run as one fused kernel each
+    assert sum(s.op == "_PRELU" for s in mfn._steps) == 33
     # the two faces are different people: the embeddings must differ clearly
     e = ours[2:] / np.linalg.norm(ours[2:], axis=1, keepdims=True)
     assert float(e[0] @ e[1]) < 0.6

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tflite_reader import UnsupportedOpError, conv2d_nhwc, nchw_to_graph_input, pool2d_nhwc
+from .tflite_reader import UnsupportedOpError, conv2d_nhwc, nchw_to_graph_input, pool2d_nhwc, prelu_nhwc
 
 __all__ = ["SUPPORTED_OPS", "TFJSGraph", "UnsupportedOpError", "decode_weights", "load_tfjs_graph"]
 
@@ -287,6 +287,8 @@ class TFJSGraph(nn.Module):
             ins = [_ref(i) for i in nd.get("input", []) if not i.startswith("^")]
             self._plan.append(_Node(name, op, ins, self._configure(nd, op, ins, where)))
 
+        self._plan = self._peephole(self._plan, set(self._out_nodes))
+
         # drop raw filters only convolutions used (they keep the torch-layout copy)
         used = set(self._out_nodes)
         for st in self._plan:
@@ -296,7 +298,8 @@ class TFJSGraph(nn.Module):
             else:
                 used.update(st.inputs)
                 used.update(a for _, a in st.cfg.get("post", []) if a is not None)
-        for name in [n for n in self._key if n not in used and not n.endswith("/__weight_oihw")]:
+        derived = ("/__weight_oihw", "/__bias")
+        for name in [n for n in self._key if n not in used and not n.endswith(derived)]:
             delattr(self, self._key.pop(name))
 
         # free intermediate results once their last consumer has run
@@ -414,6 +417,78 @@ class TFJSGraph(nn.Module):
                 raise UnsupportedOpError(f"{where}: node {nd['name']!r}: unsupported fused op {f!r}")
         return post
 
+    def _scalar(self, ref: str) -> float | None:
+        key = self._key.get(ref)
+        if key is None or getattr(self, key).numel() != 1:
+            return None
+        return float(getattr(self, key).reshape(-1)[0])
+
+    def _peephole(self, plan: list[_Node], keep: set[str]) -> list[_Node]:
+        """Two rewrites that keep the graph's results (Keras exports write these out op by op):
+
+        * conv followed by ``Add``/``AddV2``/``BiasAdd`` of a per-channel constant: the constant
+          becomes the conv's bias (one fused kernel; summation order may differ in the last bit);
+        * ``Maximum(Minimum(Relu(x), hi), lo)`` with scalar ``lo <= 0 <= hi`` (ReLU6): ``clamp(x, 0, hi)``,
+          which is exactly equal.
+        """
+        uses: dict[str, int] = {}
+        for st in plan:
+            for r in st.inputs:
+                uses[r] = uses.get(r, 0) + 1
+        by_name = {st.name: st for st in plan}
+        single = lambda r: uses.get(r, 0) == 1 and r not in keep  # noqa: E731
+        drop: set[str] = set()
+        for st in plan:
+            if st.op in ("Add", "AddV2", "BiasAdd") and len(st.inputs) == 2:
+                conv = next(
+                    (by_name.get(r) for r in st.inputs if "w" in getattr(by_name.get(r), "cfg", {})), None
+                )
+                other = [r for r in st.inputs if conv is None or r != conv.name]
+                if conv is None or len(other) != 1 or other[0] not in self._key or not single(conv.name):
+                    continue
+                if conv.cfg.get("post") or conv.cfg.get("b"):
+                    continue
+                b = getattr(self, self._key[other[0]])
+                cout = getattr(self, conv.cfg["w"]).shape[0]
+                if b.numel() != cout or (b.ndim and b.shape[-1] != cout):
+                    continue
+                conv.cfg["b"] = self._add_buffer(f"{st.name}/__bias", b.reshape(-1).clone())
+                st.op, st.inputs, st.cfg = "Identity", [conv.name], {}
+            elif st.op == "Maximum" and len(st.inputs) == 2:
+                mn = next(
+                    (by_name.get(r) for r in st.inputs if getattr(by_name.get(r), "op", "") == "Minimum"),
+                    None,
+                )
+                if mn is None or not single(mn.name):
+                    continue
+                lo = self._scalar(next(r for r in st.inputs if r != mn.name))
+                relu = next(
+                    (by_name.get(r) for r in mn.inputs if getattr(by_name.get(r), "op", "") == "Relu"), None
+                )
+                if relu is None or not single(relu.name) or lo is None or lo > 0:
+                    continue
+                hi = self._scalar(next(r for r in mn.inputs if r != relu.name))
+                if hi is None or hi < 0:
+                    continue
+                st.op, st.inputs, st.cfg = "_Clamp", [relu.inputs[0]], {"lo": 0.0, "hi": hi}
+                drop.update((mn.name, relu.name))
+        # an Identity left by bias folding just renames the conv: let the conv produce that name
+        out: list[_Node] = []
+        rename: dict[str, str] = {}
+        for st in plan:
+            if st.name in drop:
+                continue
+            if st.op == "Identity" and st.inputs and st.inputs[0] in by_name and single(st.inputs[0]):
+                src = by_name[st.inputs[0]]
+                if "b" in src.cfg and src.cfg["b"] and src.name not in rename:
+                    rename[src.name] = st.name
+                    continue
+            out.append(st)
+        for st in out:
+            if st.name in rename:
+                st.name = rename[st.name]
+        return out
+
     # -- execution -----------------------------------------------------------------------
     def _v(self, env: dict[str, torch.Tensor], ref: str) -> torch.Tensor:
         if ref in env:
@@ -430,8 +505,7 @@ class TFJSGraph(nn.Module):
             if op == "BiasAdd":
                 y = y + self._v(env, arg)
             elif op == "Prelu":
-                a = self._v(env, arg)
-                y = torch.where(y < 0, y * a, y)
+                y = prelu_nhwc(y, self._v(env, arg))
             elif op == "LeakyRelu":
                 y = F.leaky_relu(y, float(arg))
             else:
@@ -442,7 +516,8 @@ class TFJSGraph(nn.Module):
         op, c = st.op, st.cfg
         if "w" in c:  # convolutions
             y = conv2d_nhwc(
-                self._v(env, c["x"]), getattr(self, c["w"]), None, c["stride"], c["padding"],
+                self._v(env, c["x"]), getattr(self, c["w"]), getattr(self, c["b"]) if c.get("b") else None,
+                c["stride"], c["padding"],
                 c["dilation"], c["groups"],
             )  # fmt: skip
             return self._post(y, c.get("post", []), env)
@@ -455,10 +530,11 @@ class TFJSGraph(nn.Module):
             y = a @ (b.transpose(-1, -2) if c["tb"] else b)
             return self._post(y, c.get("post", []), env)
         if op == "Prelu":
-            x, a = self._v(env, st.inputs[0]), self._v(env, st.inputs[1])
-            return torch.where(x < 0, x * a, x)
+            return prelu_nhwc(self._v(env, st.inputs[0]), self._v(env, st.inputs[1]))
         if op == "LeakyRelu":
             return F.leaky_relu(self._v(env, st.inputs[0]), c["alpha"])
+        if op == "_Clamp":
+            return self._v(env, st.inputs[0]).clamp(c["lo"], c["hi"])
         if op == "Softmax":
             return torch.softmax(self._v(env, st.inputs[0]), dim=-1)
         if op == "LogSoftmax":

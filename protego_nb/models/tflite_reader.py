@@ -40,6 +40,7 @@ __all__ = [
     "conv2d_nhwc",
     "load_tflite",
     "pool2d_nhwc",
+    "prelu_nhwc",
     "tf_same_padding",
 ]
 
@@ -135,6 +136,13 @@ def pool2d_nhwc(
     else:
         raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
     return y.permute(0, 2, 3, 1)
+
+
+def prelu_nhwc(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``x if x >= 0 else alpha * x`` for NHWC ``x``; per-channel alpha uses one fused kernel."""
+    if x.ndim == 4 and alpha.numel() == x.shape[-1] and alpha.numel() > 1:
+        return F.prelu(x.permute(0, 3, 1, 2), alpha.reshape(-1)).permute(0, 2, 3, 1)
+    return torch.where(x >= 0, x, x * alpha)
 
 
 def nchw_to_graph_input(x: torch.Tensor, expect_hwc: tuple[int | None, int | None, int | None], where: str):
@@ -308,7 +316,7 @@ class TFLiteGraph(nn.Module):
                 self._const_key[outs[0]] = f"t{outs[0]}"
                 continue
             steps.append(_Step(name, ins, outs, self._parse_options(name, op, ins, where, out_name)))
-        self._steps = self._prune(steps, wanted)
+        self._steps = self._fuse_written_prelu(self._prune(steps, wanted), set(wanted))
         # drop raw (OHWI / float16) copies that only fed convolutions or folded DEQUANTIZEs
         used = set(wanted)
         for st in self._steps:
@@ -433,6 +441,48 @@ class TFLiteGraph(nn.Module):
                 need.update(i for i in s.inputs if i >= 0)
         return keep[::-1]
 
+    def _fuse_written_prelu(self, steps: list[_Step], keep: set[int]) -> list[_Step]:
+        """Replace ``ADD(RELU(x), MUL(a, SUB(x, ABS(x))))`` by one PReLU with slope ``2a``.
+
+        For ``x < 0`` the written-out form gives ``a * (x - |x|) = a * 2x`` and for ``x >= 0``
+        it gives ``x``; scaling by 2 is exact in floating point, so ``prelu(x, 2a)`` is
+        bit-identical while running one kernel instead of five (TF-exported MobileFaceNet).
+        """
+        prod = {s.outputs[0]: s for s in steps}
+        uses: dict[int, int] = {}
+        for s in steps:
+            for i in s.inputs:
+                uses[i] = uses.get(i, 0) + 1
+        drop: set[int] = set()
+        fused: dict[int, _Step] = {}
+        for k, s in enumerate(steps):
+            if s.op != "ADD" or s.opts.get("act") is not None or len(s.inputs) != 2:
+                continue
+            relu = next((prod.get(i) for i in s.inputs if getattr(prod.get(i), "op", "") == "RELU"), None)
+            mul = next((prod.get(i) for i in s.inputs if getattr(prod.get(i), "op", "") == "MUL"), None)
+            if relu is None or mul is None or mul.opts.get("act") is not None:
+                continue
+            x = relu.inputs[0]
+            consts = [i for i in mul.inputs if i in self._const_key]
+            subs = [prod.get(i) for i in mul.inputs if i not in self._const_key]
+            if len(consts) != 1 or len(subs) != 1 or subs[0] is None or subs[0].op != "SUB":
+                continue
+            sub = subs[0]
+            ab = prod.get(sub.inputs[1])
+            if sub.inputs[0] != x or sub.opts.get("act") is not None or ab is None or ab.op != "ABS":
+                continue
+            if ab.inputs[0] != x:
+                continue
+            inner = [relu, mul, sub, ab]
+            if any(uses.get(t.outputs[0], 0) != 1 or t.outputs[0] in keep for t in inner):
+                continue
+            key = f"{self._const_key[consts[0]]}_x2"
+            if not hasattr(self, key):
+                self.register_buffer(key, getattr(self, self._const_key[consts[0]]) * 2.0, persistent=False)
+            fused[k] = _Step("_PRELU", [x], s.outputs, {"alpha": key})
+            drop.update(id(t) for t in inner)
+        return [fused.get(k, s) for k, s in enumerate(steps) if id(s) not in drop]
+
     # -- execution -----------------------------------------------------------------------
     def _val(self, env: dict[int, torch.Tensor], ti: int) -> torch.Tensor:
         if ti in env:
@@ -468,8 +518,9 @@ class TFLiteGraph(nn.Module):
         if op == "DEQUANTIZE":
             return self._val(env, s.inputs[0]).float()
         if op == "PRELU":
-            x, alpha = self._val(env, s.inputs[0]), self._val(env, s.inputs[1])
-            return torch.where(x >= 0, x, x * alpha)
+            return prelu_nhwc(self._val(env, s.inputs[0]), self._val(env, s.inputs[1]))
+        if op == "_PRELU":
+            return prelu_nhwc(self._val(env, s.inputs[0]), getattr(self, o["alpha"]))
         if op in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
             y = pool2d_nhwc(self._val(env, s.inputs[0]), o["kind"], o["kernel"], o["stride"], o["padding"])
             return _apply_act(y, o["act"])
