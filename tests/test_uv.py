@@ -346,3 +346,61 @@ def test_cuda_matches_cpu():
     assert (a.face_index != b.face_index).float().mean() < 1e-3
     same = a.face_index == b.face_index
     torch.testing.assert_close(a.uv[same], b.uv[same], atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ notebook helpers (plots_uv)
+
+
+def test_spread_by_yaw_spans_range_with_distinct_identities():
+    from protego_nb import plots_uv
+
+    yaw = np.array([-40.0, -5, 0, 2, 3, np.nan, 30, 31, 60])
+    groups = ["a", "b", "b", "c", "c", "d", "e", "e", "f"]
+    pick = plots_uv.spread_by_yaw(yaw, groups, 4)
+    assert len(pick) == 4 and 5 not in pick  # NaN never picked
+    assert pick[0] == 0 and pick[-1] == 8  # extremes included
+    assert list(yaw[pick]) == sorted(yaw[pick])
+    assert len({groups[i] for i in pick}) == 4
+    assert plots_uv.spread_by_yaw(yaw, groups, 0) == []
+    assert len(plots_uv.spread_by_yaw(yaw, groups, 20)) == 8
+
+
+def test_visible_area_vs_yaw_fit():
+    from protego_nb import plots_uv
+
+    rng = np.random.default_rng(0)
+    yaw = rng.uniform(-60, 60, 200)
+    frac = 0.28 - 2e-5 * yaw**2 + rng.normal(0, 0.002, 200)
+    fit = plots_uv.visible_area_vs_yaw(yaw, frac)
+    assert fit.n == 200 and fit.r2 > 0.95 and fit.pearson_abs_yaw < -0.9
+    a, b, c = fit.coef
+    assert abs(a - 0.28) < 2e-3 and abs(b) < 1e-4 and abs(c + 2e-5) < 2e-6
+    assert np.isnan(plots_uv.visible_area_vs_yaw(yaw[:3], frac[:3]).r2)
+
+
+def test_figures_render():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from protego_nb import plots_uv
+
+    uv468, tri = mesh.load_tables()
+    cans, V = lfw_canvases(), lfw_meshes()
+    m = uv.rasterize_uv(V, tri, uv468)
+    tex = {"checker": uv.checkerboard_texture(64), "semantic": uv.semantic_texture(64)}
+    yaw = mesh.estimate_yaw(V)
+    figs = [
+        plots_uv.fig_mesh_overlay(cans, V, [0, 1]),
+        plots_uv.fig_uv_maps(cans, m, [0, 1]),
+        plots_uv.fig_textures(tex, legend=uv.SEMANTIC_COLOURS),
+        plots_uv.fig_textures_on_faces(cans, m, [0, 2, 3], tex),
+        plots_uv.fig_coverage(uv.texel_coverage(m, 64), len(m)),
+        plots_uv.fig_visible_vs_yaw(yaw, m.visible_fraction().numpy(), plots_uv.visible_area_vs_yaw(yaw, yaw**2)),
+    ]
+    assert [len(f.axes) for f in figs[:4]] == [2, 6, 2, 9]
+    rgb = plots_uv.uv_to_rgb(m, 0)
+    assert rgb.shape == (224, 224, 3) and (rgb[m.vis[0, 0].numpy() == 0] == 0).all()
+    for f in figs:
+        plt.close(f)

@@ -15,6 +15,9 @@ Conventions
   OpenCV pixel-centre convention of :mod:`protego_nb.faces.align` (the centre of pixel
   ``(i, j)`` is ``(x=j, y=i)``). MediaPipe's normalised ``(x, y)`` treat the image as the
   unit square (pixel ``j`` spans ``[j/W, (j+1)/W]``), so ``x_pix = x_norm * W - 0.5``.
+  Checked: over 6 LFW canvases and their mirror images, the mean of ``x_i + x'_m(i)``
+  (``m`` = mirror partner) is 223.03 px; this convention predicts ``W - 1 = 223``, the
+  other (``x_pix = x_norm * W``) 222.
   ``z`` is MediaPipe's relative depth scaled like ``x`` (``z_norm * W``): smaller is
   closer to the camera; its origin is roughly the head's centre.
 * ``UV468`` is ``float32 [468, 2]`` with ``u`` to the right and ``v`` *down* (``v = 0`` at
