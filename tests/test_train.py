@@ -248,3 +248,15 @@ def test_input_errors():
     # unnamed models get positional names; the intruder check then uses those names
     res = T.train_ppt(canvases, landmarks, warps, [TinyFR(1), TinyFR(2)], cfg, intruder="sface", progress=False)
     assert res.surrogates == ["model0", "model1"]
+
+
+def test_ssim_floor_is_enforced_by_the_dynamic_weight():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=6, lr_rel=0.1, eps=0.25)  # a large bound, so that SSIM can fall below a 0.99 floor
+    loose = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(min_ssim=0.5), progress=False)
+    strict = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(min_ssim=0.99), progress=False)
+    assert loose.history["ssim_weight"][0] == 1.0 and loose.history["ssim_weight"][-1] == 2.0**-8  # halves
+    assert max(strict.history["ssim_weight"]) == 256.0  # below the floor: it doubles up to 2^8
+    half = len(strict.history["ssim"]) // 2
+    assert sum(strict.history["ssim"][half:]) > sum(loose.history["ssim"][half:]) + 0.02 * half
+    assert strict.history["total"][0] > loose.history["total"][0]  # the hinge is part of the loss

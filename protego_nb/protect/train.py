@@ -436,7 +436,14 @@ def train_ppt(
 
         tex = texture.detach().clone().requires_grad_(True)
         x_prot = torch.clamp(x + warp.perturbation(tex, cfg.eps), 0.0, 1.0)
-        hinge, s = losses.ssim_hinge(x_prot, x, cfg.min_ssim)
+        # SSIM without autograd first (4-5x cheaper on CPU); the hinge max(floor - SSIM, 0) has zero gradient
+        # above the floor, so its graph is built only when the batch is at or below the floor.
+        with torch.no_grad():
+            s = losses.ssim(x_prot, x)
+        if float(s) <= cfg.min_ssim:
+            hinge, _ = losses.ssim_hinge(x_prot, x, cfg.min_ssim)
+        else:
+            hinge = torch.zeros((), device=device)
         if cfg.input_diversity > 0:
             x_in, lm_in, applied = _diversity(x_prot, lm, cfg, gen)
         else:

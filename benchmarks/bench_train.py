@@ -1,0 +1,166 @@
+"""Time of one PPT training step, and the projected training time per user for each preset.
+
+One step = warp the texture onto a batch of 224x224 canvases (UV mode, random smooth UV grids), SSIM,
+forward + backward through every surrogate, signed update: exactly ``train_ppt``'s loop. Measured for
+
+* ``tiny``: ``--tiny N`` small random conv nets (the unit tests' stand-ins; the loop's own overhead), and
+* ``zoo``: the real surrogates (``--zoo``, default ``dlib_resnet,mobilefacenet,faceres``) when
+  ``protego_nb.models.zoo`` is importable and the models load.
+
+at every batch size the presets use (16 for ``release``, 4 for ``paper`` and ``ci``). Step time =
+(wall time of ``train_ppt`` for ``--steps`` steps - wall time of the clean-feature pass) / steps, after a
+one-step warm-up. Projection per user: ``epochs * ceil(n_train / batch) * s_per_step`` plus the
+clean-feature pass, with ``--train-images`` training photos per user (24: 60 % of a 40-photo LFW user).
+
+    python benchmarks/bench_train.py --steps 3 --out bench_train.json      # CPU, 2 threads
+    python benchmarks/bench_train.py --device cuda --steps 5               # GPU, when present
+
+Output: a JSON report on stdout (and written atomically to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from protego_nb.faces import align  # noqa: E402
+from protego_nb.protect import texture as X  # noqa: E402
+from protego_nb.protect import train as T  # noqa: E402
+
+
+class TinyFR(torch.nn.Module):
+    """A small random conv net with the zoo's forward signature (canvas, landmarks) -> [B, 128]."""
+
+    def __init__(self, seed: int, dim: int = 128) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.c1 = torch.nn.Conv2d(3, 16, 5, stride=4)
+        self.c2 = torch.nn.Conv2d(16, dim, 3, stride=2)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.relu(self.c1(x - 0.5))).mean((2, 3))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _data(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, X.UVWarp]:
+    s = align.CANVAS_SIZE
+    g = torch.Generator().manual_seed(0)
+    canvases = torch.rand(n, 3, s, s, generator=g)
+    landmarks = torch.tensor(align.CANVAS_TEMPLATE, dtype=torch.float32).expand(n, 5, 2).contiguous()
+    uv = torch.nn.functional.avg_pool2d(torch.rand(n, 2, s // 8, s // 8, generator=g) * 2 - 1, 3, 1, 1)
+    uv = torch.nn.functional.interpolate(uv, size=(s, s), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    vis = torch.zeros(n, 1, s, s)
+    vis[:, :, s // 8 : -s // 8, s // 6 : -s // 6] = 1
+    return canvases, landmarks, X.UVWarp(uv.contiguous(), vis)
+
+
+def time_steps(models: dict, batch: int, steps: int, device: str) -> dict:
+    """Seconds per training step and for the clean-feature pass of ``batch * steps`` canvases."""
+    n = batch * steps
+    canvases, landmarks, warps = _data(n, device)
+    cfg = T.TrainConfig.from_preset("release", epochs=1, batch_size=batch)
+    # warm-up: one step (allocator, kernels, lazy init)
+    T.train_ppt(canvases[:batch], landmarks[:batch], warps.select(slice(0, batch)), models, cfg, device, progress=False)
+    _sync(device)
+    t0 = time.perf_counter()
+    T.clean_features(models, canvases, landmarks, batch, device)
+    _sync(device)
+    clean = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = T.train_ppt(canvases, landmarks, warps, models, cfg, device, progress=False)
+    _sync(device)
+    total = time.perf_counter() - t0
+    assert res.steps == steps
+    return {
+        "batch": batch,
+        "steps": steps,
+        "clean_features_s": clean,
+        "s_per_step": (total - clean) / steps,
+        "clean_s_per_image": clean / n,
+    }
+
+
+def project(timing_by_batch: dict[int, dict], n_train: int) -> dict:
+    """Projected wall time per user (seconds) for each preset."""
+    out = {}
+    for name, cfg in T.PRESETS.items():
+        t = timing_by_batch[cfg.batch_size]
+        steps = cfg.epochs * math.ceil(n_train / cfg.batch_size)
+        seconds = steps * t["s_per_step"] + n_train * t["clean_s_per_image"]
+        out[name] = {"epochs": cfg.epochs, "batch": cfg.batch_size, "steps": steps, "seconds": round(seconds, 2),
+                     "minutes": round(seconds / 60, 2)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    ap.add_argument("--tiny", type=int, default=3, help="number of tiny stand-in surrogates (0: skip)")
+    ap.add_argument("--zoo", default="dlib_resnet,mobilefacenet,faceres", help="zoo surrogates ('' to skip)")
+    ap.add_argument("--train-images", type=int, default=24, help="training photos per user for the projection")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batches = sorted({cfg.batch_size for cfg in T.PRESETS.values()}, reverse=True)
+
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu ({platform.processor()})",
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "canvas": align.CANVAS_SIZE,
+        "mode": "uv",
+        "train_images_per_user": args.train_images,
+        "runs": {},
+    }
+    suites: dict[str, dict] = {}
+    if args.tiny > 0:
+        suites[f"tiny_x{args.tiny}"] = {f"tiny{i}": TinyFR(i).to(args.device) for i in range(args.tiny)}
+    names = [n for n in args.zoo.split(",") if n]
+    if names:
+        try:
+            from protego_nb.models import zoo
+
+            suites["zoo:" + "+".join(names)] = {n: zoo.load(n, args.device) for n in names}
+        except Exception as exc:  # the zoo may be missing or a model unavailable: report why, keep going
+            report["zoo_skipped"] = f"{type(exc).__name__}: {exc}"
+    for label, models in suites.items():
+        timing = {b: time_steps(models, b, args.steps, args.device) for b in batches}
+        report["runs"][label] = {
+            "timing": {str(b): {k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()}
+                       for b, t in timing.items()},
+            "projected_per_user": project(timing, args.train_images),
+        }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
