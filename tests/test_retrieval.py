@@ -309,3 +309,27 @@ def test_summarise_mean_and_std_over_users():
     assert row["n_users"] == 3 and "recall@1_mean" in s.columns
     t = R.summarise(df, text=True)
     assert t[t.scenario == "1b"]["recall"].iloc[0] == "100.0 ± 0.0"
+
+
+def test_evaluate_users_equals_gallery_reference_path():
+    """The fast path (distractors sorted once per user) gives exactly the per-gallery rank_metrics."""
+    split = make_split()
+    feats = cluster_features(split, protected="scatter", seed=7)
+    scs = ["1b", "2a", "1a-unseen", "2-cov0.4"]
+    df = R.evaluate_users(feats, split, scs, metric=["cosine", "euclidean"], k=[2, 7])
+    for row in df.itertuples():
+        gal = R.build_gallery(feats, split, row.user, row.scenario)
+        ref = gal.metrics(row.metric, k=[2, 7])
+        assert row.recall == pytest.approx(ref["recall"].mean(), abs=1e-12)
+        assert row.mAP == pytest.approx(ref["ap"].mean(), abs=1e-12)
+        assert row.top1 == pytest.approx(ref["top1"].mean(), abs=1e-12)
+        assert df.loc[row.Index, "recall@7"] == pytest.approx(ref["recall@7"].mean(), abs=1e-12)
+        assert row.gallery_size == len(gal.ids) and row.K == gal.K
+
+
+def test_non_finite_embeddings_are_refused_with_the_image_named():
+    split = make_split()
+    feats = cluster_features(split)
+    feats["clean"]["Bob/Bob_0003.jpg"] = torch.full((D,), float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf, first 'Bob/Bob_0003.jpg'"):
+        R.evaluate_users(feats, split, ["1b"])

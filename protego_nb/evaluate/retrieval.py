@@ -103,24 +103,68 @@ def _count_ge(sorted_asc: torch.Tensor, values: torch.Tensor, strict: bool) -> t
     return n - torch.searchsorted(sorted_asc, values.contiguous(), right=strict)
 
 
-def _expected_hits(
-    sim: torch.Tensor, rel_sorted: torch.Tensor, all_sorted: torch.Tensor, k: torch.Tensor
-) -> torch.Tensor:
-    """Expected number of relevant entries in the top ``k[q]`` under random tie order."""
-    G = sim.shape[1]
-    if G == 0:
-        return torch.zeros(sim.shape[0], dtype=torch.float64)
-    k = k.clamp(min=0, max=G)
-    desc = all_sorted.flip(1)
-    idx = (k - 1).clamp(min=0).unsqueeze(1)
-    t = desc.gather(1, idx)  # the k-th largest similarity
-    n_gt = _count_ge(all_sorted, t, strict=True).squeeze(1)
-    n_ge = _count_ge(all_sorted, t, strict=False).squeeze(1)
-    r_gt = _count_ge(rel_sorted, t, strict=True).squeeze(1)
-    r_ge = _count_ge(rel_sorted, t, strict=False).squeeze(1)
-    n_eq, r_eq = (n_ge - n_gt).double(), (r_ge - r_gt).double()
-    hits = r_gt.double() + (k - n_gt).double() * r_eq / n_eq.clamp(min=1)
-    return torch.where(k > 0, hits, torch.zeros_like(hits))
+def _rank_core(
+    rel_sorted: torch.Tensor,
+    groups: Sequence[torch.Tensor],
+    n_rel: torch.Tensor,
+    n_items: torch.Tensor,
+    ks: Sequence[int] = (),
+) -> dict[str, torch.Tensor]:
+    """Metrics from sorted similarities, split into the relevant entries and groups of irrelevant ones.
+
+    ``rel_sorted`` ``[Q, R]`` and every ``groups[j]`` ``[Q, M_j]`` are sorted ascending per row and may be
+    padded with ``-inf`` (padding is never counted: every real similarity is finite). ``n_rel`` and
+    ``n_items`` ``[Q]`` count the real relevant entries and all real entries. Keeping the groups apart
+    lets the caller sort the large, fixed distractor block once and reuse it for every scenario.
+    """
+    Q = rel_sorted.shape[0]
+    nan = torch.full((Q,), torch.nan, dtype=torch.float64)
+    valid = n_rel > 0
+    denom = n_rel.double().clamp(min=1)
+
+    def count_all(t: torch.Tensor, strict: bool) -> torch.Tensor:
+        c = _count_ge(rel_sorted, t, strict)
+        for g in groups:
+            c = c + _count_ge(g, t, strict)
+        return c
+
+    kmax = max([1, *ks, int(n_rel.max()) if Q else 1])
+    top = torch.cat([x[:, -kmax:] for x in (rel_sorted, *groups)], 1).sort(dim=1, descending=True).values
+
+    def expected_hits(k: torch.Tensor) -> torch.Tensor:
+        """Expected number of relevant entries in the top ``k[q]`` under random tie order."""
+        if top.shape[1] == 0:
+            return torch.zeros(Q, dtype=torch.float64)
+        k = torch.minimum(k, n_items).clamp(min=0)
+        t = top.gather(1, (k - 1).clamp(min=0).unsqueeze(1))  # the k-th largest similarity
+        n_gt, n_ge = count_all(t, True).squeeze(1), count_all(t, False).squeeze(1)
+        r_gt = _count_ge(rel_sorted, t, True).squeeze(1)
+        r_ge = _count_ge(rel_sorted, t, False).squeeze(1)
+        n_eq, r_eq = (n_ge - n_gt).double(), (r_ge - r_gt).double()
+        hits = r_gt.double() + (k - n_gt).double() * r_eq / n_eq.clamp(min=1)
+        return torch.where(k > 0, hits, torch.zeros_like(hits))
+
+    out: dict[str, torch.Tensor] = {"n_relevant": n_rel.double()}
+    out["recall"] = torch.where(valid, expected_hits(n_rel) / denom, nan)
+    out["top1"] = torch.where(valid, expected_hits(torch.ones_like(n_rel)), nan)
+    # AP = 1/|R| * sum over relevant i of  #{rel: s >= s_i} / #{all: s >= s_i}   (sklearn's step rule)
+    real = torch.isfinite(rel_sorted)
+    n_all_ge = count_all(rel_sorted, False).double()
+    n_rel_ge = _count_ge(rel_sorted, rel_sorted, False).double()
+    prec = torch.where(real, n_rel_ge / n_all_ge.clamp(min=1), torch.zeros_like(n_all_ge))
+    out["ap"] = torch.where(valid, prec.sum(1) / denom, nan)
+    for kk in ks:
+        kt = torch.full((Q,), int(kk), dtype=torch.long)
+        out[f"recall@{int(kk)}"] = torch.where(valid, expected_hits(kt) / denom, nan)
+    return out
+
+
+def _check_ks(k: int | Sequence[int] | None) -> list[int]:
+    ks = [] if k is None else ([k] if isinstance(k, int) else list(k))
+    for kk in ks:
+        if int(kk) < 1:
+            raise ValueError(f"k must be >= 1, got {kk}")
+    return [int(kk) for kk in ks]
 
 
 def rank_metrics(
@@ -143,31 +187,12 @@ def rank_metrics(
         raise ValueError(f"relevant mask shape {tuple(r.shape)} != similarity shape {tuple(s.shape)}")
     if not torch.isfinite(s).all():
         raise ValueError("similarity matrix contains NaN or inf")
+    ks = _check_ks(k)
     Q, G = s.shape
-    n_rel = r.sum(1)
-    all_sorted = s.sort(dim=1).values.contiguous()
-    rel_sorted = torch.where(r, s, torch.full_like(s, -torch.inf)).sort(dim=1).values.contiguous()
-    nan = torch.full((Q,), torch.nan, dtype=torch.float64)
-    valid = n_rel > 0
-    denom = n_rel.double().clamp(min=1)
-
-    out: dict[str, torch.Tensor] = {"n_relevant": n_rel.double()}
-    out["recall"] = torch.where(valid, _expected_hits(s, rel_sorted, all_sorted, n_rel) / denom, nan)
-    out["top1"] = torch.where(valid, _expected_hits(s, rel_sorted, all_sorted, torch.ones_like(n_rel)), nan)
-    # AP = 1/|R| * sum over relevant i of  #{rel: s >= s_i} / #{all: s >= s_i}   (sklearn's step rule)
-    if G > 0:
-        n_all_ge = _count_ge(all_sorted, s, strict=False).double()
-        n_rel_ge = _count_ge(rel_sorted, s, strict=False).double()
-        prec = torch.where(r, n_rel_ge / n_all_ge.clamp(min=1), torch.zeros_like(s))
-        out["ap"] = torch.where(valid, prec.sum(1) / denom, nan)
-    else:
-        out["ap"] = nan
-    ks = [] if k is None else ([k] if isinstance(k, int) else list(k))
-    for kk in ks:
-        if int(kk) < 1:
-            raise ValueError(f"k must be >= 1, got {kk}")
-        kt = torch.full((Q,), int(kk), dtype=torch.long)
-        out[f"recall@{int(kk)}"] = torch.where(valid, _expected_hits(s, rel_sorted, all_sorted, kt) / denom, nan)
+    pad = torch.full_like(s, -torch.inf)
+    rel_sorted = torch.where(r, s, pad).sort(dim=1).values.contiguous()
+    irr_sorted = torch.where(r, pad, s).sort(dim=1).values.contiguous()
+    out = _rank_core(rel_sorted, [irr_sorted], r.sum(1), torch.full((Q,), G, dtype=torch.long), ks)
     return {name: v.numpy() for name, v in out.items()}
 
 
@@ -182,6 +207,10 @@ class EmbeddingTable:
         self.ids = [str(i) for i in ids]
         self.emb = t.float()
         self.name = name
+        bad = ~torch.isfinite(self.emb).all(dim=1) if len(self.ids) else torch.zeros(0, dtype=torch.bool)
+        if bad.any():
+            first = self.ids[int(bad.nonzero()[0, 0])]
+            raise ValueError(f"{name}: {int(bad.sum())} embedding(s) contain NaN or inf, first {first!r}")
         self.index = {i: n for n, i in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
             raise ValueError(f"{name}: duplicate image ids")
@@ -388,31 +417,33 @@ def _entries(
     return keep, rows, states, len(missing)
 
 
-def build_gallery(
-    features: Features | Mapping,
-    split: Split,
-    user: str,
-    scenario: str | Scenario,
-    protect_others: bool = True,
-    include_others: bool = True,
-    distractors: Sequence[str] | None = None,
-    seed: int = 0,
-    on_missing: str = "drop",
-    _distractor_block: tuple[list[str], torch.Tensor, int] | None = None,
-) -> Gallery:
-    """Assemble the queries and gallery of ``user`` under ``scenario`` (module docstring).
+@dataclass
+class _UserSide:
+    """Everything of one user's gallery except the distractors."""
 
-    ``distractors`` defaults to ``split.distractors``; ``on_missing`` is ``"drop"`` (skip images without
-    an embedding, e.g. no face detected, and count them in ``n_missing``) or ``"raise"``.
-    """
-    feats = Features.coerce(features)
-    sc = Scenario.parse(scenario)
+    q_ids: list[str]
+    q_emb: torch.Tensor
+    t_ids: list[str]
+    t_emb: torch.Tensor
+    t_state: list[bool]
+    o_ids: list[str]
+    o_emb: torch.Tensor
+    o_state: list[bool]
+    n_missing: int
+
+
+def _user_side(
+    feats: Features, split: Split, user: str, sc: Scenario, protect_others: bool, include_others: bool,
+    seed: int, on_missing: str,
+) -> _UserSide:
     if user not in split.users:
         raise KeyError(f"user {user!r} is not in the split (users: {', '.join(split.user_names)})")
     if on_missing not in ("drop", "raise"):
         raise ValueError(f"on_missing must be 'drop' or 'raise', got {on_missing!r}")
     u: UserSplit = split.users[user]
     clean, prot = feats.clean, feats.protected
+    dim = clean.dim if len(clean) else (prot.dim if len(prot) else 0)
+    stack = lambda rows: torch.stack(rows) if rows else torch.zeros(0, dim)  # noqa: E731
 
     q_ids = list(u.queries)
     q_prot = set(q_ids) if sc.query_protected else set()
@@ -430,36 +461,51 @@ def build_gallery(
         for other in split.user_names:
             if other == user:
                 continue
-            ou = split.users[other]
-            ids = list(ou.gallery)
+            ids = list(split.users[other].gallery)
             p_o = _protected_subset(ids, sc.coverage, seed, other) if protect_others else set()
             k_, r_, s_, m_ = _entries(clean, prot, ids, p_o, on_missing, f"{other} gallery (other user)")
             o_keep += k_
             o_rows += r_
             o_state += s_
             o_miss += m_
+    return _UserSide(q_keep, stack(q_rows), t_keep, stack(t_rows), t_state, o_keep, stack(o_rows), o_state,
+                     q_miss + t_miss + o_miss)
 
-    if _distractor_block is None:
-        _distractor_block = _distractors(clean, split.distractors if distractors is None else distractors,
-                                         on_missing)
-    d_ids, d_emb, d_miss = _distractor_block
 
-    dim = clean.dim if len(clean) else (prot.dim if len(prot) else 0)
-    stack = lambda rows: torch.stack(rows) if rows else torch.zeros(0, dim)  # noqa: E731
-    emb = torch.cat([stack(t_rows), stack(o_rows), d_emb.reshape(-1, dim) if len(d_ids) else torch.zeros(0, dim)])
-    ids = t_keep + o_keep + d_ids
-    n_t, n_o, n_d = len(t_keep), len(o_keep), len(d_ids)
+def build_gallery(
+    features: Features | Mapping,
+    split: Split,
+    user: str,
+    scenario: str | Scenario,
+    protect_others: bool = True,
+    include_others: bool = True,
+    distractors: Sequence[str] | None = None,
+    seed: int = 0,
+    on_missing: str = "drop",
+) -> Gallery:
+    """Assemble the queries and gallery of ``user`` under ``scenario`` (module docstring).
+
+    Gallery order: the user's true entries, the other users' entries, the distractors.
+    ``distractors`` defaults to ``split.distractors``; ``on_missing`` is ``"drop"`` (skip images without
+    an embedding, e.g. no face detected, and count them in ``n_missing``) or ``"raise"``.
+    """
+    feats = Features.coerce(features)
+    sc = Scenario.parse(scenario)
+    side = _user_side(feats, split, user, sc, protect_others, include_others, seed, on_missing)
+    d_ids, d_emb, d_miss = _distractors(feats.clean, split.distractors if distractors is None else distractors,
+                                        on_missing)
+    n_t, n_o, n_d = len(side.t_ids), len(side.o_ids), len(d_ids)
     return Gallery(
         user=user,
         scenario=sc,
-        query_ids=q_keep,
-        queries=stack(q_rows),
-        ids=ids,
-        emb=emb,
-        protected=np.array(t_state + o_state + [False] * n_d, dtype=bool),
+        query_ids=side.q_ids,
+        queries=side.q_emb,
+        ids=side.t_ids + side.o_ids + d_ids,
+        emb=torch.cat([side.t_emb, side.o_emb, d_emb.reshape(n_d, side.t_emb.shape[1])]),
+        protected=np.array(side.t_state + side.o_state + [False] * n_d, dtype=bool),
         relevant=np.array([True] * n_t + [False] * (n_o + n_d), dtype=bool),
         source=np.array(["user"] * n_t + ["other_user"] * n_o + ["distractor"] * n_d, dtype=object),
-        n_missing=q_miss + t_miss + o_miss + d_miss,
+        n_missing=side.n_missing + d_miss,
     )
 
 
@@ -471,6 +517,19 @@ def _distractors(
         first = next(i for i in ids if i not in clean)
         raise KeyError(f"distractors: no clean embedding for {len(ids) - len(keep)} image(s), first {first!r}")
     return keep, clean.take(keep), len(ids) - len(keep)
+
+
+def _prep(x: torch.Tensor, metric: str) -> torch.Tensor:
+    x = x.to(torch.float64)
+    return F.normalize(x, dim=1) if metric == "cosine" else x
+
+
+def _sorted_sim(q: torch.Tensor, g: torch.Tensor, metric: str) -> torch.Tensor:
+    """Ascending per-row similarities of prepared (``_prep``) queries and gallery rows."""
+    if q.shape[0] == 0 or g.shape[0] == 0:
+        return torch.zeros(q.shape[0], g.shape[0], dtype=torch.float64)
+    s = q @ g.T if metric == "cosine" else -torch.cdist(q, g, compute_mode="donot_use_mm_for_euclid_dist")
+    return s.sort(dim=1).values.contiguous()
 
 
 # ============================================================================ tables
@@ -493,29 +552,41 @@ def evaluate_users(
     ``"euclidean"``, or a list of them (``("native", "cosine")`` reports both; duplicates after
     resolving ``native`` are kept once). ``k``: extra ``recall@k`` columns. Queries or gallery images
     without an embedding are dropped and counted in ``n_missing`` (``on_missing="raise"`` to fail).
-    A user with no query or no true entry left gets NaN scores.
+    A user with no query or no true entry left gets NaN scores. The results equal
+    ``build_gallery(...).metrics(...)``; the distractor similarities are computed and sorted once per
+    user, query state and metric, and shared by all scenarios.
     """
     feats = Features.coerce(features)
     metrics = [metric] if isinstance(metric, str) else list(metric)
-    resolved: list[tuple[str, str]] = []
+    resolved: list[str] = []
     for m in metrics:
         r = feats.resolve_metric(m)
-        if r not in [x for _, x in resolved]:
-            resolved.append((m, r))
+        if r not in resolved:
+            resolved.append(r)
+    ks = _check_ks(list(k))
     scs = [Scenario.parse(s) for s in scenarios]
     if any(s.query_protected or s.coverage > 0 for s in scs) and len(feats.protected) == 0:
         raise ValueError(f"scenarios {[s.name for s in scs if s.query_protected or s.coverage > 0]} need "
                          "protected features, but features['protected'] is empty")
     users = split.user_names if users is None else list(users)
-    block = _distractors(feats.clean, split.distractors, on_missing)
+    d_ids, d_emb, d_miss = _distractors(feats.clean, split.distractors, on_missing)
+    d_prep = {m: _prep(d_emb, m) for m in resolved}
+    n_d = len(d_ids)
     rows = []
     for user in users:
+        d_sorted: dict[tuple[bool, str], torch.Tensor] = {}  # (query protected, metric) -> [Q, n_d]
         for sc in scs:
-            gal = build_gallery(feats, split, user, sc, protect_others=protect_others,
-                                include_others=include_others, seed=seed, on_missing=on_missing,
-                                _distractor_block=block)
-            for _, m in resolved:
-                res = gal.metrics(m, list(k))
+            side = _user_side(feats, split, user, sc, protect_others, include_others, seed, on_missing)
+            Q, n_t, n_o = len(side.q_ids), len(side.t_ids), len(side.o_ids)
+            for m in resolved:
+                q = _prep(side.q_emb, m)
+                key = (sc.query_protected, m)
+                if key not in d_sorted:
+                    d_sorted[key] = _sorted_sim(q, d_prep[m], m)
+                rel = _sorted_sim(q, _prep(side.t_emb, m), m)
+                oth = _sorted_sim(q, _prep(side.o_emb, m), m)
+                res = _rank_core(rel, [oth, d_sorted[key]], torch.full((Q,), n_t, dtype=torch.long),
+                                 torch.full((Q,), n_t + n_o + n_d, dtype=torch.long), ks)
                 row = {
                     "model": feats.model,
                     "method": feats.method,
@@ -526,20 +597,20 @@ def evaluate_users(
                     "query_protected": sc.query_protected,
                     "coverage": sc.coverage,
                     "unseen_only": sc.unseen_only,
-                    "recall": _mean(res["recall"]),
-                    "top1": _mean(res["top1"]),
-                    "mAP": _mean(res["ap"]),
+                    "recall": _mean(res["recall"].numpy()),
+                    "top1": _mean(res["top1"].numpy()),
+                    "mAP": _mean(res["ap"].numpy()),
                 }
-                for kk in k:
-                    row[f"recall@{int(kk)}"] = _mean(res[f"recall@{int(kk)}"])
+                for kk in ks:
+                    row[f"recall@{kk}"] = _mean(res[f"recall@{kk}"].numpy())
                 row.update(
-                    K=gal.K,
-                    n_queries=len(gal.query_ids),
-                    gallery_size=len(gal.ids),
-                    n_protected_true=int((gal.protected & gal.relevant).sum()),
-                    n_other_user_entries=int((gal.source == "other_user").sum()),
-                    n_distractors=int((gal.source == "distractor").sum()),
-                    n_missing=gal.n_missing,
+                    K=n_t,
+                    n_queries=Q,
+                    gallery_size=n_t + n_o + n_d,
+                    n_protected_true=int(sum(side.t_state)),
+                    n_other_user_entries=n_o,
+                    n_distractors=n_d,
+                    n_missing=side.n_missing + d_miss,
                 )
                 rows.append(row)
     return pd.DataFrame(rows)
