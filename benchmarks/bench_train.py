@@ -8,8 +8,9 @@ forward + backward through every surrogate, signed update: exactly ``train_ppt``
   ``protego_nb.models.zoo`` is importable and the models load.
 
 at every batch size the presets use (16 for ``release``, 4 for ``paper`` and ``ci``). Step time =
-(wall time of ``train_ppt`` for ``--steps`` steps - wall time of the clean-feature pass) / steps, after a
-one-step warm-up. Projection per user: ``epochs * ceil(n_train / batch) * s_per_step`` plus the
+(wall time of one ``train_ppt`` run of ``--steps`` steps - its own clean-feature pass) / steps, after a
+one-step warm-up. The 1-minute load average before and after is recorded: on a shared machine, judge the
+numbers by it. Projection per user: ``epochs * ceil(n_train / batch) * s_per_step`` plus the
 clean-feature pass, with ``--train-images`` training photos per user (24: 60 % of a 40-photo LFW user).
 
     python benchmarks/bench_train.py --steps 3 --out bench_train.json      # CPU, 2 threads
@@ -27,7 +28,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -73,28 +73,22 @@ def _data(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, X.UVWarp]:
 
 
 def time_steps(models: dict, batch: int, steps: int, device: str) -> dict:
-    """Seconds per training step and for the clean-feature pass of ``batch * steps`` canvases."""
+    """Seconds per training step and per image of the clean-feature pass, from one run of ``steps`` steps."""
     n = batch * steps
     canvases, landmarks, warps = _data(n, device)
     cfg = T.TrainConfig.from_preset("release", epochs=1, batch_size=batch)
     # warm-up: one step (allocator, kernels, lazy init)
     T.train_ppt(canvases[:batch], landmarks[:batch], warps.select(slice(0, batch)), models, cfg, device, progress=False)
     _sync(device)
-    t0 = time.perf_counter()
-    T.clean_features(models, canvases, landmarks, batch, device)
-    _sync(device)
-    clean = time.perf_counter() - t0
-    t0 = time.perf_counter()
     res = T.train_ppt(canvases, landmarks, warps, models, cfg, device, progress=False)
     _sync(device)
-    total = time.perf_counter() - t0
     assert res.steps == steps
     return {
         "batch": batch,
         "steps": steps,
-        "clean_features_s": clean,
-        "s_per_step": (total - clean) / steps,
-        "clean_s_per_image": clean / n,
+        "clean_features_s": res.clean_seconds,
+        "s_per_step": (res.seconds - res.clean_seconds) / steps,
+        "clean_s_per_image": res.clean_seconds / n,
     }
 
 
@@ -131,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         "canvas": align.CANVAS_SIZE,
         "mode": "uv",
         "train_images_per_user": args.train_images,
+        "load_average_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "runs": {},
     }
     suites: dict[str, dict] = {}
@@ -151,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                        for b, t in timing.items()},
             "projected_per_user": project(timing, args.train_images),
         }
+    report["load_average_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:

@@ -94,7 +94,7 @@ def test_training_decreases_the_loss_and_respects_the_bounds():
     res = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
     steps = cfg.epochs * math.ceil(10 / 4)
     assert res.steps == steps and all(len(v) == steps for v in res.history.values())
-    assert res.surrogates == ["a", "b"] and res.seconds > 0
+    assert res.surrogates == ["a", "b"] and res.seconds > res.clean_seconds > 0
     assert set(res.history) >= {"total", "ssim", "ssim_weight", "logdet/a", "logdet/b", "cosine/a", "cosine/b"}
     h = res.history["total"]
     assert sum(h[-3:]) / 3 < sum(h[:3]) / 3 - 0.3  # last epoch vs first epoch (3 steps each)

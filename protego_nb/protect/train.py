@@ -175,6 +175,8 @@ class TrainResult:
     config: TrainConfig
     surrogates: list[str]
     checkpoint: Path | None = None
+    #: Wall time of this session's clean-feature pass (part of ``seconds``).
+    clean_seconds: float = 0.0
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """Metadata for :func:`protego_nb.protect.texture.save_ppt`."""
@@ -423,6 +425,7 @@ def train_ppt(
 
     t0 = time.perf_counter()
     clean = clean_features(models, canvases, landmarks, cfg.batch_size, device) if step < total_steps else {}
+    clean_seconds = time.perf_counter() - t0
     tw = cfg.term_weights
     pbar = tqdm(total=total_steps, initial=step, disable=not progress, desc="PPT", leave=False)
     while step < total_steps:
@@ -504,4 +507,5 @@ def train_ppt(
         config=cfg,
         surrogates=names,
         checkpoint=ckpt_path,
+        clean_seconds=clean_seconds,
     )
