@@ -278,6 +278,24 @@ def test_warp_matches_grid_sample_and_accepts_a_batch_of_textures():
         uv.warp_texture(torch.rand(3, 3, 32, 32), m)
 
 
+def test_uv_statistics_match_the_full_maps():
+    uv468, tri = mesh.load_tables()
+    V = np.concatenate([lfw_meshes(), np.full((1, 468, 3), np.nan, np.float32)])
+    st = uv.uv_statistics(V, texture_size=64, batch_size=2)  # batches cross image boundaries
+    m = uv.rasterize_uv(V, tri, uv468)
+    assert torch.equal(st.counts, uv.texel_coverage(m, 64))
+    np.testing.assert_allclose(st.visible_fraction, m.visible_fraction().numpy())
+    face = uv.face_texel_mask(64)
+    for k in range(4):
+        assert st.single_image_coverage[k] == pytest.approx(float((uv.texel_coverage(m[k], 64) > 0)[face].float().mean()))
+    assert st.visible_fraction[4] == 0 and np.isnan(st.single_image_coverage[4])
+    assert 0.5 < st.single_image_coverage[:4].min() and st.single_image_coverage[:4].max() <= 1
+    # every read texel lies in (or within one texel of) the face silhouette, and most of the silhouette is read
+    near_face = torch.nn.functional.max_pool2d(face[None, None].float(), 3, 1, 1)[0, 0] > 0
+    assert not ((st.counts > 0) & ~near_face).any()
+    assert st.face_coverage_fraction() > 0.9 and st.coverage_fraction <= near_face.float().mean()
+
+
 def test_checkerboard_orientation_on_a_face():
     """Texture rows land top-to-bottom on the face, texture columns left-to-right."""
     uv468, tri = mesh.load_tables()

@@ -297,6 +297,67 @@ def canvas_uv(
     return res, uvm
 
 
+@dataclass
+class UVStats:
+    """Dataset-level UV statistics from :func:`uv_statistics` (no per-pixel maps kept).
+
+    ``visible_fraction`` ``[N]`` share of each canvas covered by the face (0 without a mesh);
+    ``counts`` ``int64 [T, T]`` texel reads summed over all images (:func:`texel_coverage`);
+    ``single_image_coverage`` ``[N]`` share of the face texels (:func:`face_texel_mask`) that each
+    image reads on its own (NaN without a mesh).
+    """
+
+    visible_fraction: np.ndarray
+    counts: torch.Tensor
+    single_image_coverage: np.ndarray
+
+    @property
+    def coverage_fraction(self) -> float:
+        """Share of all ``T x T`` texels read by at least one image."""
+        return float((self.counts > 0).float().mean())
+
+    def face_coverage_fraction(self) -> float:
+        """Share of the face-silhouette texels read by at least one image."""
+        mask = face_texel_mask(self.counts.shape[0]).to(self.counts.device)
+        return float((self.counts > 0)[mask].float().mean())
+
+
+def uv_statistics(
+    vertices,
+    texture_size: int = 256,
+    size: int = 224,
+    canvas_size: int = 224,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> UVStats:
+    """Rasterise many meshes (canonical tables) in batches and keep only the statistics.
+
+    Memory stays at one batch of UV maps, so it scales to all of LFW. ``vertices`` ``[N, 468, 3]``
+    (NaN rows = no mesh).
+    """
+    from tqdm.auto import tqdm
+
+    from . import mesh as _mesh
+
+    uv468, tri = _mesh.load_tables()
+    V = _as_tensor(vertices, "cpu", torch.float32)
+    faces, uvs = torch.from_numpy(tri.copy()).to(device), torch.from_numpy(uv468.copy()).to(device)
+    mask = face_texel_mask(texture_size).to(device)
+    T = int(texture_size)
+    counts = torch.zeros(T, T, dtype=torch.long, device=device)
+    frac = np.zeros(len(V))
+    single = np.full(len(V), np.nan)
+    for start in tqdm(range(0, len(V), batch_size), desc="UV maps", disable=not progress, leave=False):
+        m = rasterize_uv(V[start : start + batch_size].to(device), faces, uvs, size=size, canvas_size=canvas_size)
+        counts += texel_coverage(m, T)
+        frac[start : start + len(m)] = m.visible_fraction().cpu().numpy()
+        for k in range(len(m)):
+            if m.vis[k].any():
+                single[start + k] = float((texel_coverage(m[k], T) > 0)[mask].float().mean())
+    return UVStats(frac, counts, single)
+
+
 def checkerboard_texture(size: int = 256, squares: int = 16) -> torch.Tensor:
     """A ``[1, 3, size, size]`` checkerboard whose colour also encodes position (u -> red, v -> green).
 
