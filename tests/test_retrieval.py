@@ -333,3 +333,15 @@ def test_non_finite_embeddings_are_refused_with_the_image_named():
     feats["clean"]["Bob/Bob_0003.jpg"] = torch.full((D,), float("nan"))
     with pytest.raises(ValueError, match="NaN or inf, first 'Bob/Bob_0003.jpg'"):
         R.evaluate_users(feats, split, ["1b"])
+
+
+def test_features_from_model_reads_the_native_metric():
+    from types import SimpleNamespace
+
+    split = make_split()
+    f = cluster_features(split)
+    for spec in (SimpleNamespace(name="m1", similarity="euclidean"), SimpleNamespace(name="m2", metric="euclidean")):
+        feats = R.Features.from_model(SimpleNamespace(spec=spec), f["clean"], f["protected"], method="x")
+        assert feats.similarity == "euclidean" and feats.model == spec.name and feats.method == "x"
+    with pytest.raises(ValueError, match="no spec.similarity"):
+        R.Features.from_model(SimpleNamespace(spec=SimpleNamespace(name="m3")), f["clean"])

@@ -293,6 +293,15 @@ class Features:
             raise ValueError(f"features: unknown keys {sorted(unknown)}")
         return cls(**x)
 
+    @classmethod
+    def from_model(cls, model: Any, clean: Any, protected: Any = None, method: str = "") -> Features:
+        """Label the embeddings with the model's name and native metric (``spec.similarity`` or ``spec.metric``)."""
+        spec = getattr(model, "spec", model)
+        sim = getattr(spec, "similarity", None) or getattr(spec, "metric", None)
+        if sim is None:
+            raise ValueError(f"{getattr(spec, 'name', model)!r} has no spec.similarity / spec.metric")
+        return cls(clean, {} if protected is None else protected, sim, getattr(spec, "name", ""), method)
+
     def table(self, protected: bool) -> EmbeddingTable:
         return self.protected if protected else self.clean
 
