@@ -176,10 +176,11 @@ def rasterize_uv(
         lam_coef.append(torch.stack([base, -ey * inv_area, ex * inv_area], 1))  # [M, 3]
     lam_coef = torch.stack(lam_coef, 1)  # [M, 3 (lambda_k), 3 (base, d/dox, d/doy)]
     z_coef = (lam_coef * zs[:, :, None]).sum(1)  # [M, 3]
-    coef = torch.cat([lam_coef.flatten(1), z_coef], 1).float()  # [M, 12]
+    # [12, M] rows: (base, d/dox, d/doy) of lambda_0, lambda_1, lambda_2, z; rows stay contiguous after gathers
+    coef = torch.cat([lam_coef.flatten(1), z_coef], 1).float().t().contiguous()
     pix_base = bi * (H * W) + i0.long() * W + j0.long()
 
-    c_pix, c_tri, c_val = [], [], []
+    c_pix, c_tri, c_lam, c_z = [], [], [], []
     ends = torch.cumsum(nv, 0)
     starts = ends - nv
     lo, M = 0, nv.numel()
@@ -192,28 +193,30 @@ def rasterize_uv(
         oy = torch.div(local, w_r, rounding_mode="floor")
         ox = local - oy * w_r
         fx, fy = ox.float(), oy.float()
-        cr = coef.index_select(0, rep)
-        vals = [torch.addcmul(torch.addcmul(cr[:, 3 * k], cr[:, 3 * k + 1], fx), cr[:, 3 * k + 2], fy) for k in range(4)]
-        inside = (torch.minimum(torch.minimum(vals[0], vals[1]), vals[2]) >= 0).nonzero().squeeze(1)
+        cr = coef[:9].index_select(1, rep)  # [9, n]
+        lam = [torch.addcmul(torch.addcmul(cr[3 * k], cr[3 * k + 1], fx), cr[3 * k + 2], fy) for k in range(3)]
+        inside = (torch.minimum(torch.minimum(lam[0], lam[1]), lam[2]) >= 0).nonzero().squeeze(1)
         if inside.numel():
-            c_pix.append((pix_base.index_select(0, rep) + oy * W + ox).index_select(0, inside))
-            c_tri.append(rep.index_select(0, inside))
-            c_val.append(torch.stack(vals, 1).index_select(0, inside))  # lambda_0..2, z
+            r_in, fx_in, fy_in = rep.index_select(0, inside), fx.index_select(0, inside), fy.index_select(0, inside)
+            c_pix.append(pix_base.index_select(0, r_in) + oy.index_select(0, inside) * W + ox.index_select(0, inside))
+            c_tri.append(r_in)
+            c_lam.append(torch.stack([t.index_select(0, inside) for t in lam], 1))
+            cz = coef[9:].index_select(1, r_in)
+            c_z.append(torch.addcmul(torch.addcmul(cz[0], cz[1], fx_in), cz[2], fy_in))
         lo = hi
     if not c_pix:
         return result()
-    pix, tri, val = torch.cat(c_pix), torch.cat(c_tri), torch.cat(c_val)
-    zc = val[:, 3].contiguous()
+    pix, tri, lam, zc = torch.cat(c_pix), torch.cat(c_tri), torch.cat(c_lam), torch.cat(c_z)
 
     # z-buffer: nearest depth per pixel, then the lowest triangle index among exact ties
     depth_out.scatter_reduce_(0, pix, zc, reduce="amin", include_self=True)
     face_of = fi.index_select(0, tri)
     front = (zc <= depth_out.index_select(0, pix)).nonzero().squeeze(1)
-    pix, tri, val, face_of = (t.index_select(0, front) for t in (pix, tri, val, face_of))
+    pix, tri, lam, face_of = (t.index_select(0, front) for t in (pix, tri, lam, face_of))
     best = torch.full((B * H * W,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
     best.scatter_reduce_(0, pix, face_of, reduce="amin", include_self=True)
     win = (face_of == best.index_select(0, pix)).nonzero().squeeze(1)  # one candidate per covered pixel
-    wpix, wtri, wlam = pix.index_select(0, win), tri.index_select(0, win), val.index_select(0, win)[:, :3]
+    wpix, wtri, wlam = pix.index_select(0, win), tri.index_select(0, win), lam.index_select(0, win)
     face_out.index_copy_(0, wpix, face_of.index_select(0, win))
     corner_uv = UV[Fc].index_select(0, fi.index_select(0, wtri))  # [n, 3, 2]
     uvw = (wlam[..., None] * corner_uv).sum(1)
