@@ -167,6 +167,10 @@ def test_failures_are_reported_not_raised(tmp_cache):
     assert res.reasons[3].startswith("bad_input") and "uint8" in res.reasons[3]
     assert np.isnan(res.vertices[1:]).all() and np.isfinite(res.vertices[0]).all()
     assert res.failures == {1: "no_mesh", 2: res.reasons[2], 3: res.reasons[3]}
+    # a bad first canvas does not poison the batch; a size mismatch is named
+    res = mesh.mesh_canvases([np.zeros((5, 5), np.uint8), cans[0], np.zeros((100, 100, 3), np.uint8)])
+    assert res.ok.tolist() == [False, True, False] and res.size == 224
+    assert "100 px" in res.reasons[2] and "224 px" in res.reasons[2]
 
 
 def test_cache_roundtrip_and_atomic(tmp_cache):

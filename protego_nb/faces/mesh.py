@@ -348,7 +348,8 @@ def mesh_canvases(
 
     items = _as_uint8_list(canvases)
     n = len(items)
-    size = int(items[0].shape[0]) if n and items[0].ndim == 3 else 0
+    first_good = next((c for c in items if _validate(c) is None), None)
+    size = int(first_good.shape[0]) if first_good is not None else 0
     verts = np.full((n, N_VERTICES, 3), np.nan, np.float32)
     ok = np.zeros(n, bool)
     n_faces = np.zeros(n, np.int64)
@@ -357,7 +358,7 @@ def mesh_canvases(
     for i, c in enumerate(tqdm(items, desc="face mesh", disable=not progress, leave=False)):
         bad = _validate(c)
         if bad is None and c.shape[0] != size:
-            bad = f"bad_input: canvas {i} is {c.shape[0]} px but the batch's first canvas is {size} px"
+            bad = f"bad_input: canvas {i} is {c.shape[0]} px but the batch's first good canvas is {size} px"
         if bad is not None:
             reasons[i] = bad
             continue
@@ -400,7 +401,8 @@ def head_axes(vertices) -> np.ndarray:
     v = np.asarray(vertices, dtype=np.float64)
     right, left = _pair_lists()
     a = (v[..., right, :] - v[..., left, :]).mean(-2)
-    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN rows (no mesh) stay NaN
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
 
 def estimate_yaw(vertices) -> np.ndarray | float:
