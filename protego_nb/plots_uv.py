@@ -191,18 +191,23 @@ def visible_area_vs_yaw(yaw: np.ndarray, frac: np.ndarray) -> YawFit:
     )
 
 
-def fig_visible_vs_yaw(yaw: np.ndarray, frac: np.ndarray, fit: YawFit):
+def fig_vs_yaw(yaw: np.ndarray, panels: dict[str, tuple[np.ndarray, YawFit]]):
+    """One scatter per panel: a per-image share (plotted in %) against estimated yaw, with its quadratic fit.
+
+    ``panels``: y-axis label -> (values in [0, 1], :func:`visible_area_vs_yaw` fit of those values).
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    ax.scatter(yaw, 100 * np.asarray(frac), s=10, alpha=0.6)
-    if np.isfinite(fit.r2):
-        xs = np.linspace(np.nanmin(yaw), np.nanmax(yaw), 100)
-        a, b, c = fit.coef
-        ax.plot(xs, 100 * (a + b * xs + c * xs**2), color="tab:red", label=f"quadratic fit, R$^2$ = {fit.r2:.2f}")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("estimated yaw (deg; + = nose to image right)")
-    ax.set_ylabel("visible face area (% of canvas)")
-    ax.set_title(f"n = {fit.n}, Pearson r(|yaw|, area) = {fit.pearson_abs_yaw:.2f}", fontsize=9)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (label, (vals, fit)) in zip(axes[0], panels.items()):
+        ax.scatter(yaw, 100 * np.asarray(vals), s=8, alpha=0.5)
+        if np.isfinite(fit.r2):
+            xs = np.linspace(np.nanmin(yaw), np.nanmax(yaw), 100)
+            a, b, c = fit.coef
+            ax.plot(xs, 100 * (a + b * xs + c * xs**2), color="tab:red", label=f"quadratic fit, R$^2$ = {fit.r2:.2f}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("estimated yaw (deg; + = nose to image right)")
+        ax.set_ylabel(label)
+        ax.set_title(f"n = {fit.n}, Pearson r(|yaw|, y) = {fit.pearson_abs_yaw:.2f}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -415,9 +415,10 @@ def test_figures_render():
         plots_uv.fig_textures(tex, legend=uv.SEMANTIC_COLOURS),
         plots_uv.fig_textures_on_faces(cans, m, [0, 2, 3], tex),
         plots_uv.fig_coverage(uv.texel_coverage(m, 64), len(m)),
-        plots_uv.fig_visible_vs_yaw(yaw, m.visible_fraction().numpy(), plots_uv.visible_area_vs_yaw(yaw, yaw**2)),
+        plots_uv.fig_vs_yaw(yaw, {"a": (yaw**2, plots_uv.visible_area_vs_yaw(yaw, yaw**2)),
+                                  "b": (yaw, plots_uv.visible_area_vs_yaw(yaw[:2], yaw[:2]))}),
     ]
-    assert [len(f.axes) for f in figs[:4]] == [2, 6, 2, 9]
+    assert [len(f.axes) for f in figs] == [2, 6, 2, 9, 3, 2]
     rgb = plots_uv.uv_to_rgb(m, 0)
     assert rgb.shape == (224, 224, 3) and (rgb[m.vis[0, 0].numpy() == 0] == 0).all()
     for f in figs:
