@@ -63,3 +63,15 @@ def test_00_data_and_models(ci_run, lfw):
     # provenance is printed by the last cell
     nb = json.loads((paths.runs_dir(PROFILE, create=False) / "00_data_and_models.ipynb").read_text())
     assert "versions" in json.dumps(nb["cells"][-1].get("outputs", []))
+
+
+def test_01_uv_exploration(ci_run):
+    assert ci_run["01_uv_exploration"].ok, ci_run["01_uv_exploration"].error[-2000:]
+    r = _results("01_uv_exploration")
+    assert r["mesh_failures"] == 0
+    assert r["coverage"]["fraction_face_texels"] > 0.95  # every face texel is read by some LFW photo
+    assert 0.15 < r["mean_visible_fraction"] < 0.4
+    assert r["visible_vs_yaw"]["texture_seen"]["pearson_abs_yaw"] < 0  # turned faces show less of the texture
+    assert r["ms_per_canvas"]["total_ms"] > 0
+    figs = sorted(p.stem for p in paths.figures_dir(PROFILE, create=False).glob("01_*.png"))
+    assert len(figs) >= 7, figs
