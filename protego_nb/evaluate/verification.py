@@ -4,7 +4,7 @@ Protocol (Huang et al., "Labeled Faces in the Wild", UMass TR 07-49, 2007; "unre
 labeled outside data" setting as used by FR papers): ``pairs.txt`` holds 10 folds of 300
 matched and 300 mismatched pairs. For each fold, the decision threshold is the one that
 maximises accuracy on the other 9 folds and is applied to the held-out fold; the result
-is the mean and standard deviation of the 10 fold accuracies. ROC and AUC are computed
+is the mean and (population, ``ddof=0``) standard deviation of the 10 fold accuracies. ROC and AUC are computed
 over all pairs with scikit-learn.
 
 All functions are pure: they take embeddings (a mapping ``image -> vector``, keys as in
