@@ -1,0 +1,275 @@
+"""The protection study, end to end: faces of a split -> PPTs per user and method -> embeddings -> tables.
+
+Notebooks 02-05 call these functions; each step is cached where it is deterministic (canvases,
+meshes and clean embeddings on disk, see :mod:`protego_nb.faces.detect`, :mod:`protego_nb.faces.mesh`,
+:mod:`protego_nb.evaluate.features`); trained textures are written as PPT files under the run folder.
+
+Methods (:data:`METHODS`), all under the same budget (``eps``, SSIM floor), data and surrogates:
+
+``protego``      the PPT in UV space with the log-det (hypersensitivity) + cosine + SSIM loss;
+``protego_2d``   the same loss with a flat 2D texture in canvas space (the "UV vs 2D" ablation);
+``chameleon``    Chameleon-style per-user 2D mask: cosine + SSIM, no log-det (Chow et al., ECCV 2024, as
+                 the Protego authors re-implemented it: ``reference/protego_method.md`` section 5);
+``protego_nologdet`` UV texture without the log-det term (isolates the loss from the warp).
+
+Per-image baselines (Fawkes-, LowKey-style) and OPOM plug in through :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import FaceDataset, Split
+from .evaluate import features as feats
+from .evaluate import retrieval
+from .faces import detect
+from .protect import texture as tex
+from .protect import train as tr
+
+
+# ---------------------------------------------------------------------------------------- faces
+@dataclass
+class FaceSet:
+    """Canvases of a list of image ids (split ids ``Name/Name_0001.jpg``), with UV maps when asked.
+
+    ``x`` float32 ``[N, 3, 224, 224]`` in [0, 1] and ``lm`` ``[N, 5, 2]`` on the CPU; ``uv`` a
+    :class:`protego_nb.faces.uv.UVMap` or None; ``missing`` maps ids that gave no canvas to the reason;
+    ``no_mesh`` lists ids whose canvas has no face mesh (their UV texture is empty).
+    """
+
+    ids: list[str]
+    x: torch.Tensor
+    lm: torch.Tensor
+    uv: object | None = None
+    canvases: dict = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    no_mesh: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, ids: Sequence[str]) -> list[int]:
+        pos = {i: k for k, i in enumerate(self.ids)}
+        return [pos[i] for i in ids if i in pos]
+
+    def take(self, ids: Sequence[str]) -> FaceSet:
+        idx = self.index(ids)
+        sel = torch.as_tensor(idx, dtype=torch.long)
+        return FaceSet(
+            ids=[self.ids[k] for k in idx],
+            x=self.x[sel],
+            lm=self.lm[sel],
+            uv=None if self.uv is None else self.uv[idx],
+            canvases={self.ids[k]: self.canvases[self.ids[k]] for k in idx},
+            missing={i: r for i, r in self.missing.items() if i in set(ids)},
+            no_mesh=[i for i in self.no_mesh if i in set(ids)],
+        )
+
+    def warp(self, mode: str) -> tex.Warp:
+        if mode == "uv":
+            if self.uv is None:
+                raise ValueError("this FaceSet was loaded without UV maps (load_faces(..., uv=True))")
+            return tex.UVWarp.from_uvmap(self.uv)
+        if mode == "flat":
+            return tex.FlatWarp.for_canvases(self.x)
+        raise ValueError(f"unknown warp mode {mode!r}")
+
+
+def load_faces(ds: FaceDataset, ids: Sequence[str], with_uv: bool = True, progress: bool = False) -> FaceSet:
+    """Detect (cached), canvas and, with ``with_uv``, mesh (cached) + rasterise the UV maps of ``ids``."""
+    ids = list(ids)
+    rep = detect.build_canvases([ds.path(i) for i in ids], progress=progress)
+    by_path = {c.path: c for c in rep.canvases}
+    fail = {f.path: f"{f.reason}: {f.message}" for f in rep.failures}
+    kept, canv, missing = [], {}, {}
+    for i in ids:
+        key = str(ds.path(i))
+        if key in by_path:
+            kept.append(i)
+            canv[i] = by_path[key]
+        else:
+            missing[i] = fail.get(key, "no canvas")
+    x, lm = detect.canvases_to_tensor([canv[i] for i in kept])
+    fs = FaceSet(kept, x, lm, None, canv, missing)
+    if with_uv and kept:
+        from .faces import uv as uvmod
+
+        mesh_res, uvmap = uvmod.canvas_uv([canv[i].canvas for i in kept], progress=progress)
+        fs.uv = uvmap
+        fs.no_mesh = [i for i, ok in zip(kept, mesh_res.ok) if not ok]
+    return fs
+
+
+# ---------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Method:
+    """A per-user texture method (``kind="texture"``) or a per-image method (``kind="per_image"``)."""
+
+    name: str
+    kind: str = "texture"
+    mode: str = "uv"
+    config: Mapping = field(default_factory=dict)  # TrainConfig overrides
+    #: ``kind="per_image"``: ``fn(faces, surrogates, eps, min_ssim, device, generator) -> protected x [N,3,H,W]``;
+    #: ``kind="texture_fn"``: ``fn(train_faces, surrogates, cfg, device, generator) -> texture [1,3,T,T]``,
+    #: applied with ``mode`` like a PPT (e.g. OPOM's per-user mask, trained with its own loss).
+    fn: Callable | None = None
+    title: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "protego": Method("protego", mode="uv", config={"use_logdet": True}, title="Protego (UV PPT, log-det)"),
+    "protego_2d": Method(
+        "protego_2d", mode="flat", config={"use_logdet": True}, title="Protego loss, flat 2D mask"
+    ),
+    "chameleon": Method(
+        "chameleon", mode="flat", config={"use_logdet": False}, title="Chameleon-style 2D mask"
+    ),
+    "protego_nologdet": Method(
+        "protego_nologdet", mode="uv", config={"use_logdet": False}, title="UV PPT without log-det"
+    ),
+}
+
+
+def register_method(method: Method) -> None:
+    METHODS[method.name] = method
+
+
+@dataclass
+class Protection:
+    """What one method did for one user."""
+
+    user: str
+    method: str
+    texture: torch.Tensor | None
+    protected: torch.Tensor  # [N, 3, 224, 224] protected canvases of ``ids``
+    ids: list[str]
+    train: tr.TrainResult | None
+    seconds: float
+    ppt_path: Path | None = None
+
+
+def protect_faces(
+    faces: FaceSet, texture: torch.Tensor, mode: str, eps: float, batch: int = 64
+) -> torch.Tensor:
+    """Protected canvases of a FaceSet with a trained texture (exactly the training warp)."""
+    out = []
+    warp = faces.warp(mode)
+    for s in range(0, len(faces), batch):
+        sel = list(range(s, min(s + batch, len(faces))))
+        out.append(tex.apply_texture(faces.x[sel], warp.select(sel), texture.cpu(), eps).detach())
+    return torch.cat(out) if out else faces.x.clone()
+
+
+def run_method(
+    method: str | Method,
+    user: str,
+    train_faces: FaceSet,
+    all_faces: FaceSet,
+    surrogates: Mapping[str, torch.nn.Module],
+    cfg: tr.TrainConfig,
+    device: str = "cpu",
+    out_dir: Path | None = None,
+    intruder: str | None = None,
+    progress: bool = False,
+) -> Protection:
+    """Train (texture methods) on ``train_faces`` and protect every image of ``all_faces``."""
+    m = METHODS[method] if isinstance(method, str) else method
+    t0 = time.perf_counter()
+    if m.kind == "texture":
+        mcfg = cfg.replace(mode=m.mode, **dict(m.config))
+        gen = torch.Generator().manual_seed(mcfg.seed)
+        result = tr.train_ppt(
+            train_faces.x,
+            train_faces.lm,
+            train_faces.warp(m.mode),
+            surrogates,
+            mcfg,
+            device=device,
+            generator=gen,
+            progress=progress,
+            intruder=intruder,
+        )
+        protected = protect_faces(all_faces, result.texture.detach().cpu(), m.mode, mcfg.eps)
+        ppt = None
+        if out_dir is not None:
+            ppt = tex.save_ppt(
+                Path(out_dir) / f"{user}.{m.name}.ppt",
+                result.texture.detach().cpu(),
+                result.meta(user=user, method=m.name),
+            )
+        return Protection(
+            user,
+            m.name,
+            result.texture.detach().cpu(),
+            protected,
+            list(all_faces.ids),
+            result,
+            time.perf_counter() - t0,
+            ppt,
+        )
+    if m.kind == "texture_fn":
+        mcfg = cfg.replace(mode=m.mode, **dict(m.config))
+        gen = torch.Generator().manual_seed(mcfg.seed)
+        texture = m.fn(train_faces, surrogates, mcfg, device=device, generator=gen).detach().cpu()
+        protected = protect_faces(all_faces, texture, m.mode, mcfg.eps)
+        return Protection(user, m.name, texture, protected, list(all_faces.ids), None, time.perf_counter() - t0)
+    if m.kind == "per_image":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        protected = m.fn(
+            all_faces, surrogates, eps=cfg.eps, min_ssim=cfg.min_ssim, device=device, generator=gen
+        )
+        return Protection(user, m.name, None, protected, list(all_faces.ids), None, time.perf_counter() - t0)
+    raise ValueError(f"unknown method kind {m.kind!r}")
+
+
+# ---------------------------------------------------------------------------------------- embeddings
+def embed(
+    model: torch.nn.Module, x: torch.Tensor, lm: torch.Tensor, device: str = "cpu", batch: int = 32
+) -> np.ndarray:
+    model = model.to(device)
+    return feats.extract(model, x, lm, batch_size=batch, device=device, progress=False).numpy()
+
+
+def clean_embeddings(model, name: str, faces: FaceSet, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Clean embeddings (disk-cached by canvas content) ``id -> [D]``."""
+    return feats.clean_features(
+        model.to(device), faces.canvases, batch_size=32, device=device, model_name=name, progress=False
+    )
+
+
+def features_for(
+    model,
+    name: str,
+    users_faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    protections: Mapping[str, Protection],
+    device: str = "cpu",
+    method: str = "",
+) -> retrieval.Features:
+    """Features of one model under one method: clean (users + distractors, cached) and protected (users)."""
+    clean: dict[str, np.ndarray] = {}
+    for fs in list(users_faces.values()) + [distractors]:
+        clean.update(clean_embeddings(model, name, fs, device))
+    protected: dict[str, np.ndarray] = {}
+    for user, p in protections.items():
+        fs = users_faces[user]
+        emb = embed(model, p.protected, fs.take(p.ids).lm, device)
+        protected.update(dict(zip(p.ids, emb)))
+    return retrieval.Features.from_model(model, clean, protected, method=method)
+
+
+def user_images(split: Split, user: str) -> list[str]:
+    u = split.users[user]
+    return sorted(set(u.train) | set(u.queries) | set(u.gallery_seen) | set(u.gallery_unseen))
+
+
+def recall_table(df, metric: str = "native"):
+    """Pivot ``evaluate_users`` output to mean recall (%) per (model, method) x scenario."""
+    sub = df[df["native"]] if metric == "native" else df[df["metric"] == metric]
+    return (sub.groupby(["model", "method", "scenario"])["recall"].mean() * 100).unstack("scenario")
