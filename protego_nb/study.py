@@ -218,7 +218,9 @@ def run_method(
         gen = torch.Generator().manual_seed(mcfg.seed)
         texture = m.fn(train_faces, surrogates, mcfg, device=device, generator=gen).detach().cpu()
         protected = protect_faces(all_faces, texture, m.mode, mcfg.eps)
-        return Protection(user, m.name, texture, protected, list(all_faces.ids), None, time.perf_counter() - t0)
+        return Protection(
+            user, m.name, texture, protected, list(all_faces.ids), None, time.perf_counter() - t0
+        )
     if m.kind == "per_image":
         gen = torch.Generator().manual_seed(cfg.seed)
         protected = m.fn(
@@ -273,3 +275,98 @@ def recall_table(df, metric: str = "native"):
     """Pivot ``evaluate_users`` output to mean recall (%) per (model, method) x scenario."""
     sub = df[df["native"]] if metric == "native" else df[df["metric"] == metric]
     return (sub.groupby(["model", "method", "scenario"])["recall"].mean() * 100).unstack("scenario")
+
+
+# ---------------------------------------------------------------------------------------- whole runs
+def load_study_faces(
+    ds: FaceDataset, split: Split, users: Sequence[str] | None = None, progress: bool = False
+):
+    """``({user: FaceSet with UV}, distractors FaceSet)`` for a split."""
+    users = list(users or split.user_names)
+    faces = {u: load_faces(ds, user_images(split, u), with_uv=True, progress=progress) for u in users}
+    distractors = load_faces(ds, split.distractors, with_uv=False, progress=progress)
+    return faces, distractors
+
+
+def load_surrogates(names: Sequence[str], intruder: str | None, device: str = "cpu") -> dict:
+    from .models import zoo
+
+    if intruder is not None and intruder in names:
+        raise ValueError(
+            f"the black-box intruder {intruder!r} must not be a training surrogate ({list(names)})"
+        )
+    return {n: zoo.load(n, device) for n in names}
+
+
+def protect_users(
+    methods: Sequence[str],
+    split: Split,
+    faces: Mapping[str, FaceSet],
+    surrogates: Mapping[str, torch.nn.Module],
+    cfg: tr.TrainConfig,
+    device: str = "cpu",
+    out_dir: Path | None = None,
+    intruder: str | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Protection]]:
+    """Train/apply every method for every user: ``{method: {user: Protection}}``."""
+    from tqdm.auto import tqdm
+
+    out: dict[str, dict[str, Protection]] = {}
+    jobs = [(m, u) for m in methods for u in faces]
+    for m, u in tqdm(jobs, desc="protect", disable=not progress):
+        fs = faces[u]
+        train_faces = fs.take(split.users[u].train)
+        out.setdefault(m, {})[u] = run_method(
+            m, u, train_faces, fs, surrogates, cfg, device=device, out_dir=out_dir, intruder=intruder
+        )
+    return out
+
+
+def evaluate(
+    model_names: Sequence[str],
+    split: Split,
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    protections: Mapping[str, Mapping[str, Protection]],
+    scenarios: Sequence[str] = retrieval.DEFAULT_SCENARIOS,
+    metric=("native", "cosine"),
+    device: str = "cpu",
+    protect_others: bool = True,
+    include_others: bool = True,
+):
+    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``."""
+    import pandas as pd
+
+    from .models import zoo
+
+    users = list(faces)
+    rows = []
+    for name in model_names:
+        model = zoo.load(name, device)
+        for method, prots in protections.items():
+            f = features_for(model, name, faces, distractors, prots, device=device, method=method)
+            rows.append(
+                retrieval.evaluate_users(
+                    f, split, scenarios=scenarios, metric=metric, users=users, protect_others=protect_others
+                )
+            )
+    return pd.concat(rows, ignore_index=True)
+
+
+def quality_table(
+    faces: Mapping[str, FaceSet], protections: Mapping[str, Mapping[str, Protection]], eps: float
+):
+    """SSIM / PSNR / norms per canvas for every method and user (``evaluate.quality.canvas_quality``)."""
+    import pandas as pd
+
+    from .evaluate import quality
+
+    rows = []
+    for method, prots in protections.items():
+        for u, p in prots.items():
+            clean = faces[u].take(p.ids).x
+            q = quality.canvas_quality(clean, p.protected, eps=eps, names=p.ids)
+            q["method"], q["user"] = method, u
+            rows.append(q)
+    return pd.concat(rows, ignore_index=True)

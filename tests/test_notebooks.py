@@ -75,3 +75,25 @@ def test_01_uv_exploration(ci_run):
     assert r["ms_per_canvas"]["total_ms"] > 0
     figs = sorted(p.stem for p in paths.figures_dir(PROFILE, create=False).glob("01_*.png"))
     assert len(figs) >= 7, figs
+
+
+def test_02_ppt_training(ci_run):
+    assert ci_run["02_ppt_training"].ok, ci_run["02_ppt_training"].error[-2000:]
+    r = _results("02_ppt_training")
+    user = r["params"]["user"]
+    assert r["faces"]["n_images"] == 20 and not r["faces"]["no_mesh"]
+    assert all(v > 0 for v in r["train_steps"].values())
+    for method, q in r["quality"].items():
+        assert q["linf_255_max"] <= 16.0 + 1e-3, method  # the L-inf budget holds on every canvas
+        assert 0.8 < q["ssim_mean"] <= 1.0 and q["psnr_mean"] > 30
+    rec = r["recall"]
+    assert rec["sface/protego"]["1b"] >= 90  # the clean baseline: the intruder finds this user
+    # even a tiny white-box run moves the trained-on surrogate's 2a below its clean 1b
+    assert rec["dlib_resnet/protego"]["2a"] < rec["dlib_resnet/protego"]["1b"]
+    ppt = paths.runs_dir(PROFILE, create=False) / "ppts" / f"{user}.protego.ppt"
+    from protego_nb.protect.texture import load_ppt
+
+    texture, meta = load_ppt(ppt)
+    assert texture.abs().max() <= float(meta["epsilon"]) + 1e-6
+    for name in ("02_loss_curves", "02_texture", "02_before_after", "02_recall_blackbox"):
+        _fig(name)
