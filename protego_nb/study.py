@@ -166,6 +166,26 @@ def protect_faces(
     return torch.cat(out) if out else faces.x.clone()
 
 
+def _fingerprint(*parts) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(part.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _faces_fingerprint(faces: FaceSet, mode: str) -> list:
+    parts = [faces.ids, faces.x, faces.lm]
+    if mode == "uv" and faces.uv is not None:
+        parts += [faces.uv.uv, faces.uv.vis]
+    return parts
+
+
 def run_method(
     method: str | Method,
     user: str,
@@ -177,24 +197,39 @@ def run_method(
     out_dir: Path | None = None,
     intruder: str | None = None,
     progress: bool = False,
+    cache: bool = True,
 ) -> Protection:
-    """Train (texture methods) on ``train_faces`` and protect every image of ``all_faces``."""
+    """Train (texture methods) on ``train_faces`` and protect every image of ``all_faces``.
+
+    With ``cache`` (default), a trained texture is stored under ``paths.cache_dir("protections")`` keyed
+    by the method, the full config, the surrogate names and the exact training canvases, landmarks and
+    UV maps; the same request later (another notebook, a re-run) loads it instead of training again.
+    Per-image methods cache their protected canvases (float16) the same way.
+    """
     m = METHODS[method] if isinstance(method, str) else method
     t0 = time.perf_counter()
+    names = sorted(surrogates)
     if m.kind == "texture":
         mcfg = cfg.replace(mode=m.mode, **dict(m.config))
-        gen = torch.Generator().manual_seed(mcfg.seed)
-        result = tr.train_ppt(
-            train_faces.x,
-            train_faces.lm,
-            train_faces.warp(m.mode),
-            surrogates,
-            mcfg,
-            device=device,
-            generator=gen,
-            progress=progress,
-            intruder=intruder,
+        key = _fingerprint(
+            "texture", m.name, dict(m.config), mcfg.to_dict(), names, *_faces_fingerprint(train_faces, m.mode)
         )
+        result = _load_cached_ppt(key, mcfg, names) if cache else None
+        if result is None:
+            gen = torch.Generator().manual_seed(mcfg.seed)
+            result = tr.train_ppt(
+                train_faces.x,
+                train_faces.lm,
+                train_faces.warp(m.mode),
+                surrogates,
+                mcfg,
+                device=device,
+                generator=gen,
+                progress=progress,
+                intruder=intruder,
+            )
+            if cache:
+                _save_cached_ppt(key, result)
         protected = protect_faces(all_faces, result.texture.detach().cpu(), m.mode, mcfg.eps)
         ppt = None
         if out_dir is not None:
@@ -215,8 +250,22 @@ def run_method(
         )
     if m.kind == "texture_fn":
         mcfg = cfg.replace(mode=m.mode, **dict(m.config))
-        gen = torch.Generator().manual_seed(mcfg.seed)
-        texture = m.fn(train_faces, surrogates, mcfg, device=device, generator=gen).detach().cpu()
+        key = _fingerprint(
+            "texture_fn",
+            m.name,
+            dict(m.config),
+            mcfg.to_dict(),
+            names,
+            *_faces_fingerprint(train_faces, m.mode),
+        )
+        target = _cache_path(key, "ppt")
+        if cache and target.exists():
+            texture, _ = tex.load_ppt(target)
+        else:
+            gen = torch.Generator().manual_seed(mcfg.seed)
+            texture = m.fn(train_faces, surrogates, mcfg, device=device, generator=gen).detach().cpu()
+            if cache:
+                tex.save_ppt(target, texture, {"epsilon": mcfg.eps, "method": m.name, "surrogates": names})
         protected = protect_faces(all_faces, texture, m.mode, mcfg.eps)
         return Protection(
             user, m.name, texture, protected, list(all_faces.ids), None, time.perf_counter() - t0
@@ -228,6 +277,56 @@ def run_method(
         )
         return Protection(user, m.name, None, protected, list(all_faces.ids), None, time.perf_counter() - t0)
     raise ValueError(f"unknown method kind {m.kind!r}")
+
+
+def _cache_path(key: str, ext: str) -> Path:
+    from . import paths
+
+    return paths.cache_dir("protections", key[:2]) / f"{key}.{ext}"
+
+
+def _save_tensor(target: Path, t: torch.Tensor) -> None:
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file({"protected": t.contiguous()}, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_cached_ppt(key: str, result: tr.TrainResult) -> None:
+    import json
+
+    meta = result.meta(history=json.dumps(result.history), clean_seconds=f"{result.clean_seconds:.3f}")
+    tex.save_ppt(_cache_path(key, "ppt"), result.texture.detach().cpu(), meta)
+
+
+def _load_cached_ppt(key: str, cfg: tr.TrainConfig, names: list[str]) -> tr.TrainResult | None:
+    import json
+
+    target = _cache_path(key, "ppt")
+    if not target.exists():
+        return None
+    try:
+        texture, meta = tex.load_ppt(target)
+        history = json.loads(meta["history"])
+        return tr.TrainResult(
+            texture=texture,
+            history=history,
+            seconds=float(meta["train_seconds"]),
+            steps=int(meta["steps"]),
+            config=cfg,
+            surrogates=names,
+        )
+    except (tex.PPTFileError, KeyError, ValueError):
+        return None  # unreadable or old cache entry: train again
 
 
 # ---------------------------------------------------------------------------------------- embeddings

@@ -1,0 +1,66 @@
+"""The study harness on real LFW images with a real (fast) zoo surrogate."""
+
+import pytest
+import torch
+
+from protego_nb import data, study
+from protego_nb.protect import train as tr
+
+
+@pytest.fixture(scope="module")
+def setup(lfw):
+    split = data.make_split(lfw, users=["Colin_Powell", "Tony_Blair"], seed=0, max_images=12, max_distractors=40)
+    faces, dis = study.load_study_faces(lfw, split)
+    sur = study.load_surrogates(["dlib_resnet"], "sface")
+    return split, faces, dis, sur
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "_cache_path", lambda key, ext: tmp_path / f"{key}.{ext}")
+    return tmp_path
+
+
+def test_faces_have_uv(setup):
+    split, faces, dis, _ = setup
+    for u, fs in faces.items():
+        assert len(fs) == 12 and not fs.missing and not fs.no_mesh
+        assert fs.uv is not None and fs.uv.vis.flatten(1).mean(1).min() > 0.1
+    assert len(dis) == 40 and dis.uv is None
+
+
+def test_intruder_never_a_surrogate():
+    with pytest.raises(ValueError, match="intruder"):
+        study.load_surrogates(["sface", "dlib_resnet"], "sface")
+
+
+def test_run_method_caches_and_bounds(setup, tmp_cache):
+    split, faces, _, sur = setup
+    u = "Tony_Blair"
+    cfg = tr.TrainConfig.from_preset("ci", epochs=1)
+    a = study.run_method("protego", u, faces[u].take(split.users[u].train), faces[u], sur, cfg)
+    assert len(list(tmp_cache.glob("*.ppt"))) == 1
+    b = study.run_method("protego", u, faces[u].take(split.users[u].train), faces[u], sur, cfg)
+    assert torch.equal(a.texture, b.texture) and b.seconds < a.seconds
+    c = study.run_method("chameleon", u, faces[u].take(split.users[u].train), faces[u], sur, cfg)
+    assert len(list(tmp_cache.glob("*.ppt"))) == 2 and not torch.equal(a.texture, c.texture)
+    for p in (a, c):
+        d = p.protected - faces[u].x
+        assert d.abs().max() <= cfg.eps + 1e-6 and p.protected.min() >= 0 and p.protected.max() <= 1
+    # the UV texture leaves everything outside the face mesh untouched; the flat mask does not
+    outside = faces[u].uv.vis == 0
+    assert (a.protected - faces[u].x).abs().masked_select(outside.expand_as(a.protected)).max() == 0
+    assert (c.protected - faces[u].x).abs().masked_select(outside.expand_as(c.protected)).max() > 0
+
+
+def test_evaluate_rows(setup, tmp_cache):
+    split, faces, dis, sur = setup
+    cfg = tr.TrainConfig.from_preset("ci", epochs=1)
+    prots = study.protect_users(["protego"], split, faces, sur, cfg, progress=False)
+    df = study.evaluate(["dlib_resnet"], split, faces, dis, prots, scenarios=["1b", "2a"], metric=("native",))
+    assert set(df["user"]) == set(split.user_names) and set(df["scenario"]) == {"1b", "2a"}
+    assert (df["n_missing"] == 0).all()
+    t = study.recall_table(df)
+    assert t.loc[("dlib_resnet", "protego"), "1b"] > 80  # clean retrieval works for these users
+    q = study.quality_table(faces, prots, cfg.eps)
+    assert len(q) == 24 and (q["linf_255"] <= 16.0 + 1e-3).all()
