@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace existing files in the output folder")
     q.add_argument("--report", help="also write the per-file results as JSON here (default: none)")
     q.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the per-face networks are small, and extra threads "
+                        "slow everything down badly on a busy machine)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -228,6 +231,11 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     from .protect.texture import PPTFileError
     from .report import resolve_device
 
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads} must be >= 1")
+    import torch
+
+    torch.set_num_threads(args.threads)
     metadata = "keep_all" if args.keep_gps else ("keep" if args.keep_metadata else "strip")
     try:
         prot = media.Protector.from_file(
