@@ -97,3 +97,27 @@ def test_02_ppt_training(ci_run):
     assert texture.abs().max() <= float(meta["epsilon"]) + 1e-6
     for name in ("02_loss_curves", "02_texture", "02_before_after", "02_recall_blackbox"):
         _fig(name)
+
+
+def test_05_recall_tables(ci_run):
+    assert ci_run["05_recall_tables"].ok, ci_run["05_recall_tables"].error[-2000:]
+    r = _results("05_recall_tables")
+    methods = r["params"]["methods"]
+    assert {"protego", "chameleon"} <= set(methods)
+    for m in methods:
+        row = r["main"][m]
+        assert row["1b"] >= 90, (m, row)  # the black-box intruder finds unprotected users
+        for s in ("1a", "2b", "2a", "2a-unseen"):
+            assert 0 <= row[s] <= 100
+        assert 0.8 < row["ssim"] <= 1
+    # every method is protected and scored the same way: identical clean baseline
+    assert len({round(r["main"][m]["1b"], 6) for m in methods}) == 1
+    assert set(r["robustness"]) == {f"{t}/{m}" for t in ("jpeg75", "blur") for m in methods}
+    for m in methods:  # coverage 0 and 1 are the b and a scenarios
+        assert r["coverage"][m]["1b"] == r["main"][m]["1b"] and r["coverage"][m]["2a"] == r["main"][m]["2a"]
+    t = r["targets"]
+    assert {"protego_2a_over_1b", "reduction_ratio", "target_ssim_ge_0.95"} <= set(t)
+    for name in ("05_main_table", "05_coverage"):
+        _fig(name)
+    for table in ("05_main_table", "05_all_models", "05_robustness", "05_coverage"):
+        assert (paths.results_dir(PROFILE, create=False) / f"{table}.md").exists()
