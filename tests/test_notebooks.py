@@ -121,3 +121,16 @@ def test_05_recall_tables(ci_run):
         _fig(name)
     for table in ("05_main_table", "05_all_models", "05_robustness", "05_coverage"):
         assert (paths.results_dir(PROFILE, create=False) / f"{table}.md").exists()
+
+
+def test_03_dense_cluster_umap(ci_run):
+    assert ci_run["03_dense_cluster_umap"].ok, ci_run["03_dense_cluster_umap"].error[-2000:]
+    r = _results("03_dense_cluster_umap")
+    coh = r["cohesion"]
+    for model in r["params"]["models"]:
+        clean = coh[f"{model}/clean"]
+        assert clean["within"] > clean["between"]  # clean embeddings cluster by identity
+        for m in r["params"]["methods"]:
+            assert -1 <= coh[f"{model}/{m}"]["within"] <= 1
+        _fig(f"03_umap_{model}")
+    _fig("03_cohesion")
