@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep EXIF (without GPS); default: strip EXIF/XMP, keep only the colour profile")
     q.add_argument("--keep-gps", action="store_true", help="with --keep-metadata, keep the GPS position too")
     q.add_argument("--epsilon", type=parse_epsilon, help="a bound below the PPT's own (default: the PPT's)")
-    q.add_argument("--detect-every", type=int, default=5, help="videos: run face detection every N frames")
+    q.add_argument("--detect-every", type=int, default=10, help="videos: run face detection every N frames")
     q.add_argument("--video-codec", default="h264", choices=("h264", "lossless"),
                    help="h264 (CRF 17) or lossless (libx264rgb -qp 0, large files)")
     q.add_argument("--overwrite", action="store_true", help="replace existing files in the output folder")

@@ -3,14 +3,18 @@
 The online stage (``reference/protego_method.md`` section 2), for one image or video frame:
 
 1. decode (:func:`protego_nb.faces.images.decode_rgb`: EXIF orientation applied, so pixels are upright);
-2. detect every face (MTCNN, :class:`protego_nb.faces.detect.FaceDetector`, with ``min_face_size=40`` px, on a
-   copy whose longer side is at most ``detect_max_side=1024``; landmarks are mapped back to full resolution).
-   MTCNN is the bottleneck stage: on 640x480 with one thread (shared 2-core CPU, load ~2.5) its median time was
-   89 ms with the package default ``min_face_size=20`` and 47 ms with 40 (its image pyramid starts 2x smaller;
-   landmarks within 2.5 px of the 20-px run on 12 LFW faces); faces under 40 px (eye distance ~15 px) are
-   too small to matter for recognition here anyway. Torch should run single-threaded on a loaded machine
-   (``protego-nb protect --threads 1``, the default): with 2 threads on the same loaded 2-core CPU MTCNN took
-   0.2-2.5 s per image;
+2. detect every face with MTCNN (:class:`protego_nb.faces.detect.FaceDetector`) on an ``INTER_AREA`` copy whose
+   shorter side is ``detect_short_side=360`` px (never enlarged), with ``min_face_size=30`` px there and P/R-Net
+   thresholds 0.8/0.8 (O-Net 0.7, then ``min_prob`` 0.9); landmarks are mapped back to full resolution. So
+   faces smaller than 1/12 of the shorter side (40 px at 480p, 90 px at 1080p) are not searched, and the
+   detector's cost no longer grows with the resolution (MTCNN's pyramid scales with image area / min face^2).
+   MTCNN is the bottleneck stage. Measured on 640x480 composites of 24 LFW faces (1 torch thread, shared 2-core
+   CPU, load ~1.5-2): median 58.7 ms at full resolution with min face 40 and the package thresholds
+   (0.6/0.7/0.7), 46.7 ms with 0.8/0.8/0.7, 40.7 ms on the 480x360 copy with min face 30 and 0.8/0.8/0.7;
+   every face was found in each setting. The landmarks only place the canvas (the mesh, not the 5 points,
+   decides where the texture lands), so the coarser detection costs no protection. Torch should run
+   single-threaded on a loaded machine (``protego-nb protect --threads 1``, the default): with 2 threads on
+   the same loaded 2-core CPU MTCNN took 0.2-2.5 s per image;
 3. choose the faces to protect (``faces="owner"``: the PPT owner's face, see below; ``"all"``: every face);
 4. per face: the 224x224 canvas ``make_canvas(img, points) -> (canvas, M)`` (``M`` maps image pixels to canvas
    pixels), its 468-point mesh (MediaPipe), the UV raster, and the perturbation
@@ -322,8 +326,8 @@ class Protector:
         eps: float | None = None,
         device: str = "cpu",
         detector: FaceDetector | None = None,
-        detect_max_side: int = 1024,
-        min_face_size: int = 40,
+        detect_short_side: int = 360,
+        min_face_size: int = 30,
         min_prob: float = 0.90,
         owner_model: str | None = None,
         owner_threshold: float | None = None,
@@ -331,7 +335,7 @@ class Protector:
         metadata: str = "strip",
         video_codec: str = "h264",
         video_crf: int = 17,
-        detect_every: int = 5,
+        detect_every: int = 10,
         smoothing: tuple[float, float] = (1.0, 0.02),
     ) -> None:
         if faces not in ("owner", "all"):
@@ -354,8 +358,9 @@ class Protector:
         self.texture = texture.to(device=device, dtype=torch.float32)
         self.meta = meta
         self.faces = faces
-        self.detector = detector or FaceDetector(device=device, max_side=detect_max_side, min_prob=min_prob,
-                                                 min_face_size=min_face_size)
+        self.detector = detector or FaceDetector(device=device, max_side=100_000, min_prob=min_prob,
+                                                 min_face_size=min_face_size, thresholds=(0.8, 0.8, 0.7))
+        self.detect_short_side = int(detect_short_side)
         self.min_prob = min_prob
         self.owner_model = owner_model or str(meta.get("owner_model") or DEFAULT_OWNER_MODEL)
         self.owner_threshold = owner_threshold if owner_threshold is not None else OWNER_THRESHOLDS.get(
@@ -450,6 +455,21 @@ class Protector:
                         outcomes[k].reason = "no_owner_match"
         return chosen, outcomes, [canv.get(k) for k in range(len(outcomes))]  # type: ignore[misc]
 
+    def detect(self, img: np.ndarray) -> list[Detection]:
+        """MTCNN faces of ``img`` in its own pixel coordinates, found on a copy of shorter side ``detect_short_side``."""
+        h, w = img.shape[:2]
+        s = min(1.0, self.detect_short_side / min(h, w))
+        if s >= 1.0:
+            return self.detector.detect([img])[0]
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+        k = np.array([w / nw, h / nh])
+        out = []
+        for d in self.detector.detect([small])[0]:  # pixel centres: x = (x' + 0.5) * w / nw - 0.5
+            box = ((d.box.reshape(2, 2) + 0.5) * k - 0.5).reshape(4)
+            out.append(Detection(box.astype(np.float32), d.prob, ((d.points + 0.5) * k - 0.5).astype(np.float32)))
+        return out
+
     def perturbations(self, vertices: np.ndarray) -> np.ndarray:
         """Canvas-space perturbations ``float32 [n, S, S, 3]`` for meshes ``[n, 468, 3]`` (canvas pixels)."""
         from ..faces.uv import rasterize_uv
@@ -469,7 +489,7 @@ class Protector:
         timings: dict[str, float] = {}
         notes: list[str] = []
         t = time.perf_counter()
-        dets = self.detector.detect([img])[0]
+        dets = self.detect(img)
         timings["detect"] = time.perf_counter() - t
         chosen, outcomes, canv = self._select(dets, img, timings, notes)
         if not chosen:
@@ -722,7 +742,7 @@ class _VideoTracker:
 
     def _detect(self, frame: np.ndarray, stage: dict[str, float]) -> None:
         t = time.perf_counter()
-        dets = self.p.detector.detect([frame])[0]
+        dets = self.p.detect(frame)
         stage["detect"] = stage.get("detect", 0.0) + time.perf_counter() - t
         self.detections += 1
         chosen, _, canv = self.p._select(dets, frame, stage, [])
