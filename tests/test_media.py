@@ -277,3 +277,5 @@ def test_video_without_audio_and_not_a_video(prot, tmp_path):
     bad = p.protect_video(tmp_path / "fake.mp4", tmp_path / "fake_out.mp4")
     assert bad.status == "failed" and bad.reason == "not_a_video" and "fake.mp4" in bad.message
     assert not (tmp_path / "fake_out.mp4").exists()
+    nowhere = p.protect_video(src, tmp_path / "no" / "such" / "dir.mkv")
+    assert nowhere.status == "failed" and nowhere.reason == "write_error"

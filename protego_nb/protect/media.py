@@ -636,7 +636,12 @@ class Protector:
         fps = float(meta.get("fps") or 0) or 25.0
         has_audio = bool(meta.get("audio_codec"))
         r.audio = has_audio
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        try:
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        except OSError as exc:
+            reader.close()
+            r.reason, r.message = "write_error", f"{dst}: cannot write the output ({exc})"
+            return r
         video_only = tmp_dir / f"video{dst.suffix}"
         muxed = tmp_dir / f"muxed{dst.suffix}"
         if self.video_codec == "lossless":
@@ -650,7 +655,7 @@ class Protector:
         stage: dict[str, float] = {}
         tracker = _VideoTracker(self, dt=1.0 / fps)
         try:
-            writer.send(None)
+            writer.send(None)  # starts ffmpeg (inside the try: a failure here is reported, not raised)
             from tqdm.auto import tqdm
 
             for raw in tqdm(reader, desc=src.name, unit="frame", disable=not progress, leave=False):
