@@ -1,0 +1,332 @@
+"""Tests for protego_nb.protect.baselines (OPOM, Fawkes-style, LowKey-style) on tiny stand-in models."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from protego_nb import study
+from protego_nb.protect import baselines as B
+from protego_nb.protect import train as T
+
+torch.set_num_threads(1)
+S = 32  # canvas side
+EPS = 16 / 255
+
+
+class TinyFR(torch.nn.Module):
+    """Stand-in FR model with the zoo's forward signature: (canvas [B,3,H,W], landmarks [B,5,2]) -> [B, D]."""
+
+    def __init__(self, seed: int, name: str, dim: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.c1 = torch.nn.Conv2d(3, 8, 5, stride=2)
+        self.c2 = torch.nn.Conv2d(8, dim, 3, stride=2)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+            p.requires_grad_(False)
+        self.spec = SimpleNamespace(name=name, metric="cosine")
+
+    def forward(self, x, lm):
+        h = self.c2(torch.tanh(self.c1(x - 0.5)))
+        return h.mean((2, 3)) + 0.01 * (lm.flatten(1)[:, :1] / x.shape[-1])
+
+
+MODELS = {"a": TinyFR(1, "a"), "b": TinyFR(2, "b")}
+
+
+def _faces(n=6, seed=0, name="User_A"):
+    """A FaceSet of smooth random canvases of one identity (ids ``Name/Name_000k.jpg``)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.avg_pool2d(torch.rand(1, 3, S, S, generator=g), 5, 1, 2)
+    x = (base + 0.15 * torch.rand(n, 3, S, S, generator=g)).clamp(0, 1)
+    lm = 8 + torch.rand(n, 5, 2, generator=g) * (S - 16)
+    return study.FaceSet([f"{name}/{name}_{k + 1:04d}.jpg" for k in range(n)], x, lm)
+
+
+def _pool():
+    parts = [_faces(3, seed=10 + k, name=f"Other_{k}") for k in range(3)]
+    return B.TargetPool(
+        [i.split("/")[0] for p in parts for i in p.ids],
+        torch.cat([p.x for p in parts]),
+        torch.cat([p.lm for p in parts]),
+    )
+
+
+def _cfg(**kw):
+    base = dict(epochs=6, batch_size=4, texture_size=S, lr_rel=0.1, seed=3)
+    base.update(kw)
+    return T.TrainConfig.from_preset("ci", **base)
+
+
+def _assert_bounded(prot, clean, eps=EPS):
+    assert prot.shape == clean.shape and prot.dtype == torch.float32
+    assert float((prot - clean).abs().max()) <= eps + 1e-6
+    assert float(prot.min()) >= 0 and float(prot.max()) <= 1
+
+
+# ---------------------------------------------------------------------------------------- hull solvers
+def _simplex_reference(v: np.ndarray) -> np.ndarray:
+    """Projection onto the simplex by bisection on the threshold theta: sum(max(v - theta, 0)) = 1."""
+    lo, hi = v.min() - 1, v.max()
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.maximum(v - mid, 0).sum() > 1 else (lo, mid)
+    return np.maximum(v - (lo + hi) / 2, 0)
+
+
+def test_simplex_projection_is_correct():
+    assert torch.allclose(B.project_simplex(torch.tensor([2.0, 0.0])), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(B.project_simplex(torch.tensor([0.3, 0.7])), torch.tensor([0.3, 0.7]))
+    assert torch.allclose(B.project_simplex(torch.tensor([0.5, 0.5, 0.5])), torch.full((3,), 1 / 3))
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(50, 7, generator=g, dtype=torch.float64) * 2
+    p = B.project_simplex(v)
+    assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(50, dtype=torch.float64))
+    ref = np.stack([_simplex_reference(r) for r in v.numpy()])
+    np.testing.assert_allclose(p.numpy(), ref, atol=1e-9)
+    # no other simplex point is closer
+    q = B.project_simplex(torch.rand(50, 200, 7, generator=g, dtype=torch.float64) * 3)
+    assert ((q - v[:, None]).norm(dim=-1) >= (p - v).norm(dim=-1)[:, None] - 1e-12).all()
+
+
+def test_affine_hull_matches_numpy_least_squares():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(5, 12, generator=g, dtype=torch.float64)  # 5 affinely independent points in R^12
+    z = torch.randn(8, 12, generator=g, dtype=torch.float64)
+    a = B.affine_hull_coefficients(X, z)
+    # reference: substitute a_n = 1 - sum(a_1..a_{n-1}) and solve the unconstrained least squares
+    Xn = X.numpy()
+    A = (Xn[:-1] - Xn[-1]).T  # [D, n-1]
+    for i in range(z.shape[0]):
+        c, *_ = np.linalg.lstsq(A, z[i].numpy() - Xn[-1], rcond=None)
+        ref = np.append(c, 1 - c.sum())
+        np.testing.assert_allclose(a[i].numpy(), ref, atol=1e-9)
+    assert torch.allclose(a.sum(1), torch.ones(8, dtype=torch.float64))
+    # points of the hull project onto themselves (distance 0); rank-deficient hulls (n > D) still work
+    inside = torch.tensor([[0.2, 0.3, -0.5, 0.6, 0.4]], dtype=torch.float64) @ X
+    assert float(B.FeatureHull(X).distance2(inside, "affine")) < 1e-18
+    many = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    assert (
+        float(
+            B.FeatureHull(many).distance2(torch.randn(4, 3, generator=g, dtype=torch.float64), "affine").max()
+        )
+        < 1e-18
+    )
+
+
+def test_convex_hull_matches_a_constrained_solver():
+    g = torch.Generator().manual_seed(2)
+    X = torch.nn.functional.normalize(torch.randn(6, 10, generator=g, dtype=torch.float64), dim=1)
+    z = torch.nn.functional.normalize(torch.randn(5, 10, generator=g, dtype=torch.float64), dim=1)
+    hull = B.FeatureHull(X)
+    a = hull.convex(z, iters=300)
+    assert (a >= 0).all() and torch.allclose(a.sum(1), torch.ones(5, dtype=torch.float64))
+    Xn = X.numpy()
+    for i in range(5):
+        zi = z[i].numpy()
+        res = minimize(
+            lambda w, zi=zi: ((w @ Xn - zi) ** 2).sum(),
+            np.full(6, 1 / 6),
+            jac=lambda w, zi=zi: 2 * Xn @ (w @ Xn - zi),
+            bounds=[(0, 1)] * 6,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 500},
+        )
+        ours = float(((a[i] @ X - z[i]) ** 2).sum())
+        assert ours <= res.fun + 1e-7
+        assert abs(ours - res.fun) < 1e-6
+    # the convex hull is farther than the affine hull, and the centre farther than both
+    d_aff, d_cvx, d_cen = (hull.distance2(z, k) for k in ("affine", "convex", "centre"))
+    assert (d_aff <= d_cvx + 1e-12).all() and (d_cvx <= d_cen + 1e-12).all()
+    # a vertex projects onto itself with a one-hot weight
+    assert torch.allclose(hull.convex(X[2:3], iters=300), torch.eye(6, dtype=torch.float64)[2:3], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- OPOM
+def _hull_distance(x_prot, faces, kind):
+    """Ensemble-mean squared distance of protected (normalised) embeddings to the user's clean hull."""
+    out = []
+    for m in MODELS.values():
+        with torch.no_grad():
+            clean = torch.nn.functional.normalize(m(faces.x, faces.lm), dim=1)
+            z = torch.nn.functional.normalize(m(x_prot, faces.lm), dim=1)
+        out.append(B.FeatureHull(clean).distance2(z, kind).mean())
+    return float(torch.stack(out).mean())
+
+
+@pytest.mark.parametrize("hull", ["convex", "affine"])
+def test_opom_pushes_protected_features_away_from_the_hull(hull):
+    faces = _faces(8)
+    cfg = _cfg(epochs=8)
+    res = B.opom_train(
+        faces.x, faces.lm, MODELS, cfg, generator=torch.Generator().manual_seed(0), hull=hull, n_init=2
+    )
+    assert res.texture.shape == (1, 3, S, S) and float(res.texture.abs().max()) <= cfg.eps + 1e-7
+    assert res.steps == 16
+    # the first n_init epochs use the class centre, then the hull
+    assert res.history["hull"][:4] == [B.HULLS.index("centre")] * 4
+    assert set(res.history["hull"][4:]) == {B.HULLS.index(hull)}
+    prot = study.protect_faces(faces, res.texture, "flat", cfg.eps)
+    _assert_bounded(prot, faces.x, cfg.eps)
+    rand = (torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(5)) * 2 - 1) * cfg.eps
+    d_opom = _hull_distance(prot, faces, hull)
+    d_rand = _hull_distance(study.protect_faces(faces, rand, "flat", cfg.eps), faces, hull)
+    assert d_opom > 3 * d_rand and d_opom > 0.05
+    # the SSIM hinge acted (its weight rose when a batch fell below the floor) and holds SSIM near the floor
+    assert max(res.history["ssim_weight"]) > 1
+    assert float(np.mean(res.history["ssim"][8:])) > cfg.min_ssim - 0.06
+
+
+def test_opom_feature_variant_and_input_errors():
+    faces = _faces(4)
+    res = B.opom_train(faces.x, faces.lm, MODELS, _cfg(epochs=3), hull="feature")
+    assert set(res.history["hull"]) == {B.HULLS.index("feature")}
+    assert res.history["distance"][-1] > res.history["distance"][0]
+    with pytest.raises(ValueError, match="unknown OPOM hull"):
+        B.opom_train(faces.x, faces.lm, MODELS, _cfg(), hull="sphere")
+    with pytest.raises(ValueError, match="landmarks"):
+        B.opom_train(faces.x, faces.lm[:2], MODELS, _cfg())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        B.opom_train(faces.x * 2, faces.lm, MODELS, _cfg())
+
+
+# ---------------------------------------------------------------------------------------- Fawkes
+def test_select_target_label_picks_the_farthest_identity_and_never_the_user():
+    user = {"m": torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]])}
+    pool = {
+        "m": torch.tensor(
+            [[0.9, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [-1.0, 0.1, 0.0]]
+        )
+    }
+    labels = ["near", "side", "side2", "far", "far"]
+    assert B.select_target_label(user, pool, labels) == "far"
+    assert B.select_target_label(user, pool, labels, exclude=["far"]) in {"side", "side2"}
+    picks = {
+        B.select_target_label(user, pool, labels, top_k=3, generator=torch.Generator().manual_seed(s))
+        for s in range(20)
+    }
+    assert picks <= {"far", "side", "side2"} and len(picks) > 1
+    with pytest.raises(ValueError, match="no candidate"):
+        B.select_target_label(user, pool, labels, exclude=labels)
+    with pytest.raises(ValueError, match="same models"):
+        B.select_target_label(user, {"other": pool["m"]}, labels)
+
+
+def test_fawkes_moves_features_toward_the_target_within_the_budget():
+    faces = _faces(5)
+    pool = _pool()
+    prot, info = B.fawkes_protect(
+        faces,
+        MODELS,
+        EPS,
+        0.95,
+        generator=torch.Generator().manual_seed(0),
+        pool=pool,
+        mode="min",
+        steps=25,
+        batch_size=3,
+        return_info=True,
+    )
+    _assert_bounded(prot, faces.x)
+    assert info["target"].startswith("Other_") and {pool.labels[i] for i in info["target_index"]} == {
+        info["target"]
+    }
+    assert (info["ssim"] >= 0.95 - 1e-6).all()
+    ssim = B.per_image_ssim(prot, faces.x)
+    assert torch.allclose(ssim, info["ssim"], atol=1e-5)
+    # every image closer to its target image's embedding, clearly on average
+    assert (info["dist"] < info["dist_clean"]).all()
+    assert float(info["dist"].mean()) < 0.9 * float(info["dist_clean"].mean())
+    assert set(pool.features) == set(MODELS)  # pool embeddings computed once per surrogate and kept
+
+
+def test_fawkes_needs_a_pool_and_excludes_the_user():
+    faces = _faces(3)
+    B.set_target_pool(None)
+    with pytest.raises(ValueError, match="target pool"):
+        B.fawkes_protect(faces, MODELS, steps=1)
+    own = B.TargetPool.from_faces(_faces(3, seed=4))  # same identity folder "User_A"
+    with pytest.raises(ValueError, match="no candidate"):
+        B.fawkes_protect(faces, MODELS, pool=own, steps=1)
+    with pytest.raises(ValueError, match="unknown Fawkes mode"):
+        B.fawkes_protect(faces, MODELS, pool=own, mode="extreme")
+
+
+# ---------------------------------------------------------------------------------------- LowKey
+def test_lowkey_moves_features_away_from_clean_within_the_budget():
+    faces = _faces(5)
+    prot, info = B.lowkey_protect(
+        faces,
+        MODELS,
+        EPS,
+        0.95,
+        generator=torch.Generator().manual_seed(0),
+        steps=12,
+        lr=0.01,
+        batch_size=2,
+        return_info=True,
+    )
+    _assert_bounded(prot, faces.x)
+    assert (B.per_image_ssim(prot, faces.x) >= 0.95 - 1e-6).all()
+    with torch.no_grad():
+        for m in MODELS.values():
+            moved = (m(prot, faces.lm) - m(faces.x, faces.lm)).norm(dim=1) / m(faces.x, faces.lm).norm(dim=1)
+            assert (moved > 0.05).all()
+    assert (info["dist"] > 0).all()
+    # more steps move further (same seed)
+    _, short = B.lowkey_protect(
+        faces,
+        MODELS,
+        EPS,
+        0.95,
+        generator=torch.Generator().manual_seed(0),
+        steps=2,
+        lr=0.01,
+        return_info=True,
+    )
+    assert float(info["dist"].mean()) > float(short["dist"].mean())
+
+
+def test_lowkey_zero_steps_and_bad_input():
+    faces = _faces(3)
+    prot = B.lowkey_protect(faces, MODELS, steps=0, init_noise=0.0)
+    assert torch.equal(prot, faces.x)  # only the clean image is feasible and it is not beaten (distance 0)
+    with pytest.raises(ValueError, match="eps"):
+        B.lowkey_protect(faces, MODELS, eps=0)
+    bad = study.FaceSet(faces.ids, faces.x[:, :, :8, :8], faces.lm)
+    with pytest.raises(ValueError, match="11x11"):
+        B.lowkey_protect(bad, MODELS)
+
+
+# ---------------------------------------------------------------------------------------- registration
+def test_register_all_and_run_method():
+    before = dict(study.METHODS)
+    try:
+        names = B.register_all(steps=3, pool=_pool())
+        assert set(B.BASELINES) <= set(names) <= set(study.METHODS)
+        snapshot = {k: (m.kind, m.mode, m.config) for k, m in study.METHODS.items()}
+        B.register_all(steps=3)  # idempotent
+        assert {k: (m.kind, m.mode, m.config) for k, m in study.METHODS.items()} == snapshot
+        assert study.METHODS["opom"].kind == "texture_fn" and study.METHODS["opom"].mode == "flat"
+        assert study.METHODS["fawkes"].kind == "per_image" and study.METHODS["lowkey"].kind == "per_image"
+        assert study.METHODS["fawkes"].config["steps"] == 3
+        faces = _faces(6)
+        train = study.FaceSet(faces.ids[:4], faces.x[:4], faces.lm[:4])  # (FaceSet.take needs .canvases)
+        cfg = _cfg(epochs=2)
+        for name in ("opom", "opom_affine", "fawkes", "lowkey"):
+            p = study.run_method(name, "User_A", train, faces, MODELS, cfg, cache=False)
+            assert p.method == name and p.ids == faces.ids
+            _assert_bounded(p.protected, faces.x, cfg.eps)
+            assert float((p.protected - faces.x).abs().max()) > 0
+            if name.startswith("opom"):
+                assert p.texture.shape == (1, 3, S, S)
+        with pytest.raises(ValueError, match="unknown Fawkes mode"):
+            B.register_all(fawkes_mode="extreme")
+    finally:
+        study.METHODS.clear()
+        study.METHODS.update(before)
+        B.set_target_pool(None)
