@@ -3,7 +3,7 @@
 Photos: ``--photos N`` LFW images (one face each) are upscaled into larger frames whose background is a
 smooth random colour field with fine noise (no face in it), and saved as JPEG (quality 95): 640x480 (face upscaled 1.5x) and 1920x1080
 (face upscaled 3x). Each file is protected by :meth:`Protector.protect_photo` (JPEG in, JPEG out, q95) with a
-random PPT; one warm-up file per size is excluded (the first MTCNN call of a process and of each new
+random PPT, for each ``--detector`` (MTCNN, BlazeFace); one warm-up file per size is excluded (the first MTCNN call of a process and of each new
 image size builds its kernels: seconds). Reported: median / p90 total time, and the median of each stage
 (decode, detect, canvas, mesh, uv_raster, paste = warp + add + round, encode, write).
 
@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--detect-every", type=int, nargs="+", default=[5])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--detector", nargs="+", default=["mtcnn", "blazeface"], choices=("mtcnn", "blazeface"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -156,13 +157,14 @@ def main() -> None:
     files = lfw_files(args.photos)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        prot = media.Protector(tex, {"epsilon": 16 / 255, "mode": "uv"}, device=args.device)
-        report["photos"] = bench_photos(prot, files, tmp)
-        report["video_480p"] = {}
-        for k in args.detect_every:
-            pv = media.Protector(tex, {"epsilon": 16 / 255, "mode": "uv"}, device=args.device, detect_every=k,
-                                 detector=prot.detector)
-            report["video_480p"][f"detect_every_{k}"] = bench_video(pv, files, args.frames, tmp)
+        for kind in args.detector:
+            prot = media.Protector(tex, {"epsilon": 16 / 255, "mode": "uv"}, device=args.device, detector_kind=kind)
+            report[f"photos_{kind}"] = bench_photos(prot, files, tmp)
+            report[f"video_480p_{kind}"] = {}
+            for k in args.detect_every:
+                pv = media.Protector(tex, {"epsilon": 16 / 255, "mode": "uv"}, device=args.device, detect_every=k,
+                                     detector=prot.detector, detector_kind=kind)
+                report[f"video_480p_{kind}"][f"detect_every_{k}"] = bench_video(pv, files, args.frames, tmp)
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=1, default=float)
     print(text)

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep EXIF (without GPS); default: strip EXIF/XMP, keep only the colour profile")
     q.add_argument("--keep-gps", action="store_true", help="with --keep-metadata, keep the GPS position too")
     q.add_argument("--epsilon", type=parse_epsilon, help="a bound below the PPT's own (default: the PPT's)")
+    q.add_argument("--detector", default="mtcnn", choices=("mtcnn", "blazeface"),
+                   help="face detector: mtcnn (default, as in training) or blazeface (about 8x faster)")
     q.add_argument("--detect-every", type=int, default=10, help="videos: run face detection every N frames")
     q.add_argument("--video-codec", default="h264", choices=("h264", "lossless"),
                    help="h264 (CRF 17) or lossless (libx264rgb -qp 0, large files)")
@@ -241,7 +243,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         prot = media.Protector.from_file(
             ppt, faces=args.faces, eps=args.epsilon, device=resolve_device(args.device),
             jpeg_quality=args.jpeg_quality, metadata=metadata, video_codec=args.video_codec,
-            detect_every=args.detect_every)
+            detect_every=args.detect_every, detector_kind=args.detector)
     except PPTFileError as exc:
         raise UsageError(f"invalid PPT: {exc}") from exc
     except ValueError as exc:

@@ -279,3 +279,17 @@ def test_video_without_audio_and_not_a_video(prot, tmp_path):
     assert not (tmp_path / "fake_out.mp4").exists()
     nowhere = p.protect_video(src, tmp_path / "no" / "such" / "dir.mkv")
     assert nowhere.status == "failed" and nowhere.reason == "write_error"
+
+
+def test_blazeface_detector_protects_within_the_bound(prot):
+    img = frame(lfw_img(OWNER, 4))
+    fast = media.Protector(prot.texture, prot.meta, detector_kind="blazeface")
+    dets = fast.detect(img)
+    ref = prot.detect(img)[0]
+    assert len(dets) == 1 and np.abs(dets[0].points - ref.points).max() < 0.3 * ref.eye_distance
+    r = fast.protect_array(img)
+    assert r.n_protected == 1
+    diff = np.abs(r.image.astype(int) - img)
+    assert 8 <= diff.max() <= 16 and (r.image[:90] == img[:90]).all()
+    with pytest.raises(ValueError, match="detector_kind"):
+        media.Protector(prot.texture, prot.meta, detector_kind="haar")

@@ -15,6 +15,13 @@ The online stage (``reference/protego_method.md`` section 2), for one image or v
    decides where the texture lands), so the coarser detection costs no protection. Torch should run
    single-threaded on a loaded machine (``protego-nb protect --threads 1``, the default): with 2 threads on
    the same loaded 2-core CPU MTCNN took 0.2-2.5 s per image;
+   ``detector="blazeface"`` is the fast alternative: MediaPipe's full-range BlazeFace (Bazarevsky et al.,
+   "BlazeFace: Sub-millisecond Neural Face Detection on Mobile GPUs", CVPR-W 2019; ``model_selection=1``,
+   score >= 0.6) gives the eyes, nose tip and mouth centre; the two mouth corners are put at the mouth centre
+   -+ 0.4283 x (eye-to-eye vector), the ratio of the ArcFace template (mouth width / eye distance = 0.857).
+   On 8 LFW composites its points were within 0.3-18 px of MTCNN's (eye distance 53-67 px): good enough to
+   place a canvas, since the mesh decides where the texture lands. Median 5.5 ms vs 40.7 ms for MTCNN on
+   the 24 composites above, every face found by both;
 3. choose the faces to protect (``faces="owner"``: the PPT owner's face, see below; ``"all"``: every face);
 4. per face: the 224x224 canvas ``make_canvas(img, points) -> (canvas, M)`` (``M`` maps image pixels to canvas
    pixels), its 468-point mesh (MediaPipe), the UV raster, and the perturbation
@@ -107,6 +114,10 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 #: matched similarities further.
 OWNER_THRESHOLDS = {"mobilefacenet": 0.40, "dlib_resnet": 0.91}
 DEFAULT_OWNER_MODEL = "mobilefacenet"
+#: Smallest BlazeFace score taken as a face (``detector_kind="blazeface"``).
+BLAZEFACE_MIN_SCORE = 0.6
+#: Half the mouth width over the eye distance in the ArcFace template: (71.7363 - 41.5493) / 2 / 35.2372.
+_MOUTH_HALF = 0.4283
 
 
 # ----------------------------------------------------------------------------- results
@@ -326,6 +337,7 @@ class Protector:
         eps: float | None = None,
         device: str = "cpu",
         detector: FaceDetector | None = None,
+        detector_kind: str = "mtcnn",
         detect_short_side: int = 360,
         min_face_size: int = 30,
         min_prob: float = 0.90,
@@ -346,6 +358,8 @@ class Protector:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         if video_codec not in ("h264", "lossless"):
             raise ValueError(f"video_codec must be 'h264' or 'lossless', got {video_codec!r}")
+        if detector_kind not in ("mtcnn", "blazeface"):
+            raise ValueError(f"detector_kind must be 'mtcnn' or 'blazeface', got {detector_kind!r}")
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if str(meta.get("mode", "uv")) != "uv":
@@ -361,7 +375,9 @@ class Protector:
         self.detector = detector or FaceDetector(device=device, max_side=100_000, min_prob=min_prob,
                                                  min_face_size=min_face_size, thresholds=(0.8, 0.8, 0.7))
         self.detect_short_side = int(detect_short_side)
-        self.min_prob = min_prob
+        self.detector_kind = detector_kind
+        self.min_prob = min_prob if detector_kind == "mtcnn" else BLAZEFACE_MIN_SCORE
+        self._blazeface = None
         self.owner_model = owner_model or str(meta.get("owner_model") or DEFAULT_OWNER_MODEL)
         self.owner_threshold = owner_threshold if owner_threshold is not None else OWNER_THRESHOLDS.get(
             self.owner_model, 0.4)
@@ -458,6 +474,8 @@ class Protector:
     def detect(self, img: np.ndarray) -> list[Detection]:
         """MTCNN faces of ``img`` in its own pixel coordinates, found on a copy of shorter side ``detect_short_side``."""
         h, w = img.shape[:2]
+        if self.detector_kind == "blazeface":
+            return self._detect_blazeface(img)
         s = min(1.0, self.detect_short_side / min(h, w))
         if s >= 1.0:
             return self.detector.detect([img])[0]
@@ -469,6 +487,24 @@ class Protector:
             box = ((d.box.reshape(2, 2) + 0.5) * k - 0.5).reshape(4)
             out.append(Detection(box.astype(np.float32), d.prob, ((d.points + 0.5) * k - 0.5).astype(np.float32)))
         return out
+
+    def _detect_blazeface(self, img: np.ndarray) -> list[Detection]:
+        if self._blazeface is None:
+            from mediapipe.python.solutions import face_detection
+
+            self._blazeface = face_detection.FaceDetection(model_selection=1,
+                                                           min_detection_confidence=BLAZEFACE_MIN_SCORE)
+        h, w = img.shape[:2]
+        res = self._blazeface.process(np.ascontiguousarray(img))
+        out = []
+        for d in res.detections or []:
+            bb = d.location_data.relative_bounding_box
+            k = np.array([[p.x * w - 0.5, p.y * h - 0.5] for p in d.location_data.relative_keypoints[:4]])
+            half = _MOUTH_HALF * (k[1] - k[0])  # keypoints: image-left eye, image-right eye, nose tip, mouth
+            pts = np.stack([k[0], k[1], k[2], k[3] - half, k[3] + half]).astype(np.float32)
+            box = np.array([bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h], np.float32)
+            out.append(Detection(box, float(d.score[0]), pts))
+        return sorted(out, key=lambda d: -d.prob)
 
     def perturbations(self, vertices: np.ndarray) -> np.ndarray:
         """Canvas-space perturbations ``float32 [n, S, S, 3]`` for meshes ``[n, 468, 3]`` (canvas pixels)."""
