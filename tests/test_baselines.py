@@ -161,7 +161,7 @@ def _hull_distance(x_prot, faces, kind):
 @pytest.mark.parametrize("hull", ["convex", "affine"])
 def test_opom_pushes_protected_features_away_from_the_hull(hull):
     faces = _faces(8)
-    cfg = _cfg(epochs=8)
+    cfg = _cfg(epochs=8, lr_rel=0.05)
     res = B.opom_train(
         faces.x, faces.lm, MODELS, cfg, generator=torch.Generator().manual_seed(0), hull=hull, n_init=2
     )
@@ -176,9 +176,10 @@ def test_opom_pushes_protected_features_away_from_the_hull(hull):
     d_opom = _hull_distance(prot, faces, hull)
     d_rand = _hull_distance(study.protect_faces(faces, rand, "flat", cfg.eps), faces, hull)
     assert d_opom > 3 * d_rand and d_opom > 0.05
-    # the SSIM hinge acted (its weight rose when a batch fell below the floor) and holds SSIM near the floor
-    assert max(res.history["ssim_weight"]) > 1
-    assert float(np.mean(res.history["ssim"][8:])) > cfg.min_ssim - 0.06
+    # the SSIM hinge acts: once a batch falls below the floor its weight rises and SSIM climbs back
+    ssim = res.history["ssim"]
+    assert min(ssim) < cfg.min_ssim and max(res.history["ssim_weight"]) > 1
+    assert ssim[-1] > min(ssim) + 0.015
 
 
 def test_opom_feature_variant_and_input_errors():

@@ -15,9 +15,9 @@ The objectives, update rules and hyper-parameters follow ``reference/protego_met
   authors' cvxpy call). The first ``n_init`` rounds use the class centre ``a = 1/n`` (OPOM's ``nter = 5``).
   The FI-UAP variant (``hull="feature"``: away from the image's own clean embedding) is included.
   Update, as the authors' ``FIM.process``: ``U <- clamp(U + lr * sign(mean_batch grad), -eps, eps)``.
-  Differences: ``U`` starts from the Protego-family init ``U(-eps, eps)`` (OPOM starts from 0, where the
-  FI-UAP gradient and, for clean embeddings inside the hull, the hull gradient vanish, so a signed step
-  never leaves 0); the squared distance is summed over the embedding dimensions (OPOM's MSE times
+  Differences: ``U`` starts from Chameleon's init ``U(-lr, lr)`` (OPOM starts from 0, where the FI-UAP
+  gradient and, for clean embeddings inside the hull, the hull gradient vanish, so a signed step never
+  leaves 0); the squared distance is summed over the embedding dimensions (OPOM's MSE times
   ``D``, so it is on the scale of the SSIM hinge; a signed step ignores the scale otherwise), and the
   SSIM hinge with the dynamic weight (:class:`~protego_nb.protect.losses.DynamicSSIMWeight`) is added so
   that the SSIM floor matches the Protego-family methods. Epochs, batch size and step size come from the
@@ -288,7 +288,9 @@ def opom_train(
     }
     hulls = {k: FeatureHull(v) for k, v in clean.items()}
     gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
-    texture = init_texture(cfg.eps, gen, cfg.texture_size, device)
+    # Chameleon's init U(-step, step): breaks OPOM's zero start (where gradients vanish) without the SSIM
+    # cost of U(-eps, eps) (SSIM about 0.64 on LFW canvases at eps 16/255)
+    texture = init_texture(cfg.lr, gen, cfg.texture_size, device)
     ssim_w = losses.DynamicSSIMWeight(floor=cfg.min_ssim)
     n_centre = min(int(n_init), cfg.epochs // 2) if hull in ("affine", "convex") else 0
     steps_per_epoch = math.ceil(n / cfg.batch_size)
