@@ -3,7 +3,7 @@
 Photos: ``--photos N`` LFW images (one face each) are upscaled into larger frames whose background is a
 smooth random colour field with fine noise (no face in it), and saved as JPEG (quality 95): 640x480 (face upscaled 1.5x) and 1920x1080
 (face upscaled 3x). Each file is protected by :meth:`Protector.protect_photo` (JPEG in, JPEG out, q95) with a
-random PPT, for each ``--detector`` (MTCNN, BlazeFace); one warm-up file per size is excluded (the first MTCNN call of a process and of each new
+random PPT, for each ``--detector`` (default: MTCNN, and auto = BlazeFace with MTCNN fallback); one warm-up file per size is excluded (the first MTCNN call of a process and of each new
 image size builds its kernels: seconds). Reported: median / p90 total time, and the median of each stage
 (decode, detect, canvas, mesh, uv_raster, paste = warp + add + round, encode, write).
 
@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--detect-every", type=int, nargs="+", default=[5])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--detector", nargs="+", default=["mtcnn", "blazeface"], choices=("mtcnn", "blazeface"))
+    ap.add_argument("--detector", nargs="+", default=["mtcnn", "auto"], choices=("auto", "mtcnn", "blazeface"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out")
     args = ap.parse_args()

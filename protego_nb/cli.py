@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep EXIF (without GPS); default: strip EXIF/XMP, keep only the colour profile")
     q.add_argument("--keep-gps", action="store_true", help="with --keep-metadata, keep the GPS position too")
     q.add_argument("--epsilon", type=parse_epsilon, help="a bound below the PPT's own (default: the PPT's)")
-    q.add_argument("--detector", default="mtcnn", choices=("mtcnn", "blazeface"),
-                   help="face detector: mtcnn (default, as in training) or blazeface (about 8x faster)")
+    q.add_argument("--detector", default="auto", choices=("auto", "mtcnn", "blazeface"),
+                   help="face detector: auto (default: BlazeFace, MTCNN when BlazeFace finds no face), "
+                        "mtcnn (as in training; slower, finds harder faces) or blazeface")
     q.add_argument("--detect-every", type=int, default=10, help="videos: run face detection every N frames")
     q.add_argument("--video-codec", default="h264", choices=("h264", "lossless"),
                    help="h264 (CRF 17) or lossless (libx264rgb -qp 0, large files)")
@@ -165,6 +166,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {len(idx)} training faces of {len(photos)} photos, preset {cfg.preset}, "
           f"epsilon {cfg.eps * 255:.3g}/255, surrogates {', '.join(surrogates)}, {result.steps} steps in "
           f"{result.seconds:.1f} s")
+    if len(idx) < 5:
+        print(f"note: only {len(idx)} training face(s); 10 or more photos in varied poses give a better PPT")
     if ignored:
         print(f"ignored {len(ignored)} file(s) without a photo extension in {src}")
     return EXIT_OK

@@ -94,7 +94,9 @@ def test_one_euro_filter_smooths_jitter_and_follows_steps():
     assert abs(y[0] - 200.0) < 1.0
 
 
-def test_photo_png_eps_bound_and_background_unchanged(prot, tmp_path):
+@pytest.mark.parametrize("kind", ["auto", "mtcnn"])
+def test_photo_png_eps_bound_and_background_unchanged(prot, tmp_path, kind):
+    prot = media.Protector(prot.texture, prot.meta, detector=prot.detector, detector_kind=kind)
     img = frame(lfw_img(OWNER, 4))
     Image.fromarray(img).save(tmp_path / "a.png")
     (tmp_path / "out").mkdir()
@@ -161,7 +163,9 @@ def _two_faces() -> np.ndarray:
     return img
 
 
-def test_owner_selection_changes_only_the_owner(prot, tmp_path):
+@pytest.mark.parametrize("kind", ["auto", "mtcnn"])
+def test_owner_selection_changes_only_the_owner(prot, tmp_path, kind):
+    prot = media.Protector(prot.texture, prot.meta, detector=prot.detector, detector_kind=kind)
     img = _two_faces()
     Image.fromarray(img).save(tmp_path / "two.png")
     r = prot.protect_photo(tmp_path / "two.png", tmp_path / "two_out.png")
@@ -174,12 +178,13 @@ def test_owner_selection_changes_only_the_owner(prot, tmp_path):
     assert (out[:, 280:] == img[:, 280:]).all()  # the other person's half is untouched
     assert (out[:, :280] != img[:, :280]).any()
 
-    both = media.Protector(prot.texture, prot.meta, faces="all", detector=prot.detector).protect_array(img)
+    both = media.Protector(prot.texture, prot.meta, faces="all", detector=prot.detector,
+                          detector_kind=kind).protect_array(img)
     assert both.n_protected == 2
     assert (both.image[:, 280:] != img[:, 280:]).any() and np.abs(both.image.astype(int) - img).max() <= 16
 
     meta = {k: v for k, v in prot.meta.items() if k != "owner_embedding"}
-    fb = media.Protector(prot.texture, meta, detector=prot.detector).protect_array(img)
+    fb = media.Protector(prot.texture, meta, detector=prot.detector, detector_kind=kind).protect_array(img)
     assert fb.n_protected == 1 and "owner_unknown_largest_face" in fb.notes
 
 
@@ -285,7 +290,7 @@ def test_blazeface_detector_protects_within_the_bound(prot):
     img = frame(lfw_img(OWNER, 4))
     fast = media.Protector(prot.texture, prot.meta, detector_kind="blazeface")
     dets = fast.detect(img)
-    ref = prot.detect(img)[0]
+    ref = media.Protector(prot.texture, prot.meta, detector=prot.detector, detector_kind="mtcnn").detect(img)[0]
     assert len(dets) == 1 and np.abs(dets[0].points - ref.points).max() < 0.3 * ref.eye_distance
     r = fast.protect_array(img)
     assert r.n_protected == 1

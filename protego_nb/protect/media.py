@@ -21,7 +21,10 @@ The online stage (``reference/protego_method.md`` section 2), for one image or v
    -+ 0.4283 x (eye-to-eye vector), the ratio of the ArcFace template (mouth width / eye distance = 0.857).
    On 8 LFW composites its points were within 0.3-18 px of MTCNN's (eye distance 53-67 px): good enough to
    place a canvas, since the mesh decides where the texture lands. Median 5.5 ms vs 40.7 ms for MTCNN on
-   the 24 composites above, every face found by both;
+   the 24 composites above, every face found by both. ``detector="auto"`` (the default) runs BlazeFace and
+   falls back to MTCNN when BlazeFace finds no usable face, so the fast path never loses a photo that MTCNN
+   would protect (it can miss a second, harder face in a group photo under ``faces="all"``; use
+   ``detector="mtcnn"`` there);
 3. choose the faces to protect (``faces="owner"``: the PPT owner's face, see below; ``"all"``: every face);
 4. per face: the 224x224 canvas ``make_canvas(img, points) -> (canvas, M)`` (``M`` maps image pixels to canvas
    pixels), its 468-point mesh (MediaPipe), the UV raster, and the perturbation
@@ -337,7 +340,7 @@ class Protector:
         eps: float | None = None,
         device: str = "cpu",
         detector: FaceDetector | None = None,
-        detector_kind: str = "mtcnn",
+        detector_kind: str = "auto",
         detect_short_side: int = 360,
         min_face_size: int = 30,
         min_prob: float = 0.90,
@@ -358,8 +361,8 @@ class Protector:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         if video_codec not in ("h264", "lossless"):
             raise ValueError(f"video_codec must be 'h264' or 'lossless', got {video_codec!r}")
-        if detector_kind not in ("mtcnn", "blazeface"):
-            raise ValueError(f"detector_kind must be 'mtcnn' or 'blazeface', got {detector_kind!r}")
+        if detector_kind not in ("auto", "mtcnn", "blazeface"):
+            raise ValueError(f"detector_kind must be 'auto', 'mtcnn' or 'blazeface', got {detector_kind!r}")
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if str(meta.get("mode", "uv")) != "uv":
@@ -376,7 +379,7 @@ class Protector:
                                                  min_face_size=min_face_size, thresholds=(0.8, 0.8, 0.7))
         self.detect_short_side = int(detect_short_side)
         self.detector_kind = detector_kind
-        self.min_prob = min_prob if detector_kind == "mtcnn" else BLAZEFACE_MIN_SCORE
+        self.min_prob = min_prob  # MTCNN's floor; BlazeFace detections use BLAZEFACE_MIN_SCORE
         self._blazeface = None
         self.owner_model = owner_model or str(meta.get("owner_model") or DEFAULT_OWNER_MODEL)
         self.owner_threshold = owner_threshold if owner_threshold is not None else OWNER_THRESHOLDS.get(
@@ -427,19 +430,19 @@ class Protector:
 
     def _select(self, dets: list[Detection], img: np.ndarray, timings: dict[str, float],
                 notes: list[str]) -> tuple[list[int], list[FaceOutcome], list[tuple[np.ndarray, np.ndarray]]]:
-        """Usable faces, the indices chosen for protection, outcomes and (canvas, M) per usable face."""
+        """Usable faces, the indices chosen for protection, outcomes and (canvas, M) per usable face.
+
+        ``dets`` are confident faces (:meth:`detect`); outcome ``k`` describes ``dets[k]``."""
         outcomes: list[FaceOutcome] = []
         usable: list[int] = []
         for d in dets:
-            if d.prob < self.min_prob:
-                continue  # MTCNN candidates below the probability floor are not faces
             o = FaceOutcome([round(float(v), 1) for v in d.box], round(float(d.prob), 4), "skipped")
             if d.eye_distance < MIN_EYE_DISTANCE or min(d.width, d.height) < MIN_BOX_SIZE:
                 o.reason = "tiny_face"
             else:
                 usable.append(len(outcomes))
             outcomes.append(o)
-        good = [d for d in dets if d.prob >= self.min_prob]
+        good = dets
         t = time.perf_counter()
         canv = {k: make_canvas(img, good[k].points) for k in usable}
         timings["canvas"] = timings.get("canvas", 0.0) + time.perf_counter() - t
@@ -472,18 +475,26 @@ class Protector:
         return chosen, outcomes, [canv.get(k) for k in range(len(outcomes))]  # type: ignore[misc]
 
     def detect(self, img: np.ndarray) -> list[Detection]:
-        """MTCNN faces of ``img`` in its own pixel coordinates, found on a copy of shorter side ``detect_short_side``."""
+        """Confident faces of ``img`` in its own pixel coordinates, most confident first (module docstring, step 2).
+
+        MTCNN runs on a copy of shorter side ``detect_short_side`` and keeps faces with ``prob >= min_prob``;
+        BlazeFace keeps scores ``>= BLAZEFACE_MIN_SCORE``."""
         h, w = img.shape[:2]
-        if self.detector_kind == "blazeface":
-            return self._detect_blazeface(img)
+        if self.detector_kind != "mtcnn":
+            fast = self._detect_blazeface(img)
+            usable = [d for d in fast if d.eye_distance >= MIN_EYE_DISTANCE and min(d.width, d.height) >= MIN_BOX_SIZE]
+            if self.detector_kind == "blazeface" or usable:
+                return fast
         s = min(1.0, self.detect_short_side / min(h, w))
         if s >= 1.0:
-            return self.detector.detect([img])[0]
+            return [d for d in self.detector.detect([img])[0] if d.prob >= self.min_prob]
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
         small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
         k = np.array([w / nw, h / nh])
         out = []
         for d in self.detector.detect([small])[0]:  # pixel centres: x = (x' + 0.5) * w / nw - 0.5
+            if d.prob < self.min_prob:
+                continue
             box = ((d.box.reshape(2, 2) + 0.5) * k - 0.5).reshape(4)
             out.append(Detection(box.astype(np.float32), d.prob, ((d.points + 0.5) * k - 0.5).astype(np.float32)))
         return out
@@ -787,8 +798,7 @@ class _VideoTracker:
         stage["detect"] = stage.get("detect", 0.0) + time.perf_counter() - t
         self.detections += 1
         chosen, _, canv = self.p._select(dets, frame, stage, [])
-        good = [d for d in dets if d.prob >= self.p.min_prob]
-        new_points = [good[k].points.astype(np.float64) for k in chosen]
+        new_points = [dets[k].points.astype(np.float64) for k in chosen]
         old = self.tracks
         used: set[int] = set()
         tracks = []
