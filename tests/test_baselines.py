@@ -227,7 +227,7 @@ def test_fawkes_moves_features_toward_the_target_within_the_budget():
         0.95,
         generator=torch.Generator().manual_seed(0),
         pool=pool,
-        mode="min",
+        mode="high",
         steps=25,
         batch_size=3,
         return_info=True,

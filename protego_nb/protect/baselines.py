@@ -28,8 +28,10 @@ The objectives, update rules and hyper-parameters follow ``reference/protego_met
   distance to the user's images is largest (:func:`select_target_label`); each image gets one of the
   target's images. Loss per image ``mean_f ||f(x') - f(x_T)||_2 / ||f(x_T)||_2 + sd * max(DSSIM - th, 0)^2``
   with ``DSSIM = (1 - SSIM) / 2``, ``sd = 1e9``, minimised with Adadelta (rho 0.95, eps 1e-7, Keras'
-  defaults as Fawkes) in a tanh reparameterisation of the L-inf box ``[max(0, x - eps), min(1, x + eps)]``
-  (so every iterate is within the bound). Modes (:data:`FAWKES_MODES`, ``fawkes/protection.py``) give the
+  defaults as Fawkes) on a modifier ``m`` in a tanh reparameterisation of the L-inf box
+  ``[lo, hi] = [max(0, x - eps), min(1, x + eps)]``: ``x' = lo + (hi - lo) (tanh(atanh(x~) + m / (hi - lo)) + 1) / 2``
+  with ``x~`` the clean pixel's place in the box, so every iterate is within the bound and ``dx'/dm`` is
+  Fawkes' ``(1 - tanh^2) / 2`` (their tanh spans [0, 1]), which keeps the modes' learning rates meaningful. Modes (:data:`FAWKES_MODES`, ``fawkes/protection.py``) give the
   step count and learning rate; the DSSIM threshold defaults to the study's floor, ``th = (1 - min_ssim) / 2``
   (0.025), not the mode's (pass ``dssim_threshold`` for it). The ensemble average replaces Fawkes' sum.
 * **LowKey-style** (Cherepanova et al., "LowKey: Leveraging Adversarial Attacks to Protect Social Media
@@ -578,14 +580,15 @@ def fawkes_protect(
         lm = lm_all[sl].to(device=device, dtype=torch.float32)
         tgt = {k: v[sl] for k, v in targets.items()}
         lo, hi = _box(x, eps)
-        pos = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)
-        noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(device) * 1e-4  # Fawkes' modifier init
-        w = (torch.atanh(pos) + noise).requires_grad_(True)
+        base = torch.atanh(((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        scale = 1.0 / (hi - lo)  # a unit modifier step moves a pixel as in Fawkes' tanh over [0, 1]
+        # Fawkes' modifier init U(-1, 1) * 1e-4
+        w = ((torch.rand(x.shape, generator=gen) * 2 - 1) * 1e-4).to(device).requires_grad_(True)
         opt = torch.optim.Adadelta([w], lr=lr, rho=0.95, eps=1e-7)
         best = x.clone()
         best_d = torch.full((x.shape[0],), float("inf"), device=device)
         for it in range(steps + 1):  # the last pass only evaluates the final iterate
-            x_adv = lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+            x_adv = lo + (hi - lo) * (torch.tanh(base + w * scale) + 1) / 2
             d = _target_distance(models, x_adv, lm, tgt)
             with torch.no_grad():
                 s = per_image_ssim(x_adv, x)
