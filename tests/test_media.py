@@ -298,3 +298,13 @@ def test_blazeface_detector_protects_within_the_bound(prot):
     assert 8 <= diff.max() <= 16 and (r.image[:90] == img[:90]).all()
     with pytest.raises(ValueError, match="detector_kind"):
         media.Protector(prot.texture, prot.meta, detector_kind="haar")
+
+
+def test_invalid_owner_embedding_is_refused(prot):
+    meta = dict(prot.meta, owner_embedding=json.dumps([0.1, 0.2]))
+    with pytest.raises(ValueError, match="192 finite numbers"):
+        media.Protector(prot.texture, meta)
+    with pytest.raises(ValueError, match="only UV-mode"):
+        media.Protector(prot.texture, dict(prot.meta, mode="flat"))
+    with pytest.raises(ValueError, match="eps"):
+        media.Protector(prot.texture, prot.meta, eps=0.5)

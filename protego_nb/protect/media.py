@@ -393,6 +393,15 @@ class Protector:
         if isinstance(emb, str):
             emb = json.loads(emb)
         self.owner_ref = None if emb is None else np.asarray(emb, np.float32)
+        if self.owner_ref is not None:
+            from ..models import zoo
+
+            spec = zoo.MODELS.get(self.owner_model)
+            if spec is None:
+                raise ValueError(f"unknown owner model {self.owner_model!r}")
+            if self.owner_ref.shape != (spec.dim,) or not np.isfinite(self.owner_ref).all():
+                raise ValueError(f"owner_embedding must be {spec.dim} finite numbers for {self.owner_model}, "
+                                 f"got shape {self.owner_ref.shape}")
         self.jpeg_quality = int(jpeg_quality)
         self.metadata = metadata
         self.video_codec = video_codec
