@@ -331,3 +331,36 @@ def test_register_all_and_run_method():
         study.METHODS.clear()
         study.METHODS.update(before)
         B.set_target_pool(None)
+
+
+# ---------------------------------------------------------------------------------------- real LFW, zoo surrogate
+@pytest.mark.slow
+def test_baselines_on_lfw_with_a_zoo_surrogate(lfw):
+    """All three baselines through ``study.run_method`` on real canvases with ``dlib_resnet`` (a few steps)."""
+    from protego_nb import data
+
+    split = data.make_split(lfw, users=["Tony_Blair"], seed=0, max_images=8, max_distractors=12)
+    user = "Tony_Blair"
+    faces = study.load_faces(lfw, study.user_images(split, user), with_uv=False)
+    train = study.load_faces(lfw, split.users[user].train, with_uv=False)
+    pool = B.TargetPool.from_faces(study.load_faces(lfw, split.distractors, with_uv=False))
+    sur = study.load_surrogates(["dlib_resnet"], "sface")
+    model = sur["dlib_resnet"]
+    before = dict(study.METHODS)
+    try:
+        B.register_all(steps=4, pool=pool)
+        cfg = T.TrainConfig.from_preset("ci", epochs=3)
+        with torch.no_grad():
+            clean = model(faces.x, faces.lm)
+        for name in B.BASELINES:
+            p = study.run_method(name, user, train, faces, sur, cfg, cache=False)
+            _assert_bounded(p.protected, faces.x, cfg.eps)
+            with torch.no_grad():
+                moved = (model(p.protected, faces.lm) - clean).norm(dim=1) / clean.norm(dim=1)
+            assert float(moved.mean()) > 0.02, name
+            if name != "opom":  # per-image methods keep every image at or above the SSIM floor
+                assert (B.per_image_ssim(p.protected, faces.x) >= cfg.min_ssim - 1e-6).all(), name
+    finally:
+        study.METHODS.clear()
+        study.METHODS.update(before)
+        B.set_target_pool(None)
