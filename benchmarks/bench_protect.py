@@ -194,6 +194,32 @@ def bench_flicker(tex: torch.Tensor, files: list[Path], tmp: Path, frames: int =
     return out
 
 
+def owner_thresholds(models: list[str], per_fold: int = 40) -> dict:
+    """Cosine scores of LFW pairs (``pairs.txt``, ``per_fold`` per fold, seed 0) on this package's canvases:
+    the numbers behind ``media.OWNER_THRESHOLDS``."""
+    from sklearn.metrics import roc_curve
+
+    from protego_nb import data
+    from protego_nb.evaluate import features, lfw_benchmark, verification
+    from protego_nb.models import zoo
+
+    pairs = verification.load_pairs().sample(per_fold=per_fold, seed=0)
+    canv, fallbacks, _ = lfw_benchmark.pair_canvases(data.lfw(), pairs.images())
+    out: dict = {"n_pairs": len(pairs), "fallback_canvases": len(fallbacks)}
+    ids = list(canv)
+    for name in models:
+        emb = features.clean_features(zoo.load(name), [canv[i] for i in ids], ids=ids, batch_size=32,
+                                      model_name=name, progress=False)
+        sc, kept = verification.pair_scores(emb, pairs, "cosine")
+        same = pairs.same[kept]
+        t, acc = verification.best_threshold(sc, same)
+        fpr, _, thr = roc_curve(same, sc)
+        i = int(np.searchsorted(fpr, 0.01, side="right") - 1)
+        out[name] = {"best_threshold": t, "best_accuracy": acc, "threshold_far_1pct": float(thr[i]),
+                     "matched_p5": q(list(sc[same]), 5), "mismatched_p99": q(list(sc[~same]), 99)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=10)
@@ -202,6 +228,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--detector", nargs="+", default=["mtcnn", "auto"], choices=("auto", "mtcnn", "blazeface"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--owner-thresholds", action="store_true",
+                    help="also score LFW pairs for the owner check's cosine thresholds (mobilefacenet, dlib_resnet)")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,6 +249,8 @@ def main() -> None:
                                      detector=prot.detector, detector_kind=kind)
                 report[f"video_480p_{kind}"][f"detect_every_{k}"] = bench_video(pv, files, args.frames, tmp)
         report["flicker_still_face"] = bench_flicker(tex, files, tmp)
+    if args.owner_thresholds:
+        report["owner_thresholds"] = owner_thresholds(["mobilefacenet", "dlib_resnet"])
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=1, default=float)
     print(text)

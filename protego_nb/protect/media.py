@@ -115,7 +115,7 @@ PHOTO_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"
 _WRITABLE = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"}
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 
-#: Cosine threshold of the owner check per model. Measured on 400 LFW pairs (``pairs.txt``, 40 per fold,
+#: Cosine threshold of the owner check per model (``benchmarks/bench_protect.py --owner-thresholds``). On 400 LFW pairs (``pairs.txt``, 40 per fold,
 #: seed 0, face canvases of this package): mobilefacenet best-accuracy threshold 0.373 (99.75 %), 1 % FAR at
 #: 0.389, 99th percentile of mismatched pairs 0.349, 5th percentile of matched pairs 0.580; dlib_resnet
 #: (cosine) 0.907 / 0.905 / 0.902 / 0.928. The owner reference is a mean of several photos, which raises
