@@ -258,6 +258,7 @@ def run_method(
         key = _fingerprint(
             "texture_fn",
             m.name,
+            m.title,
             dict(m.config),
             mcfg.to_dict(),
             names,
@@ -276,12 +277,47 @@ def run_method(
             user, m.name, texture, protected, list(all_faces.ids), None, time.perf_counter() - t0
         )
     if m.kind == "per_image":
+        # m.config records the per-image method's own settings (steps, mode, ...): part of the cache key only
+        key = _fingerprint(
+            "per_image",
+            m.name,
+            m.title,
+            dict(m.config),
+            cfg.to_dict(),
+            names,
+            all_faces.ids,
+            all_faces.x,
+            all_faces.lm,
+            _method_context(),
+        )
+        target = _cache_path(key, "safetensors")
+        if cache and target.exists():
+            from safetensors.torch import load_file
+
+            protected = load_file(str(target))["protected"].float()
+            return Protection(
+                user, m.name, None, protected, list(all_faces.ids), None, time.perf_counter() - t0
+            )
         gen = torch.Generator().manual_seed(cfg.seed)
         protected = m.fn(
             all_faces, surrogates, eps=cfg.eps, min_ssim=cfg.min_ssim, device=device, generator=gen
         )
-        return Protection(user, m.name, None, protected, list(all_faces.ids), None, time.perf_counter() - t0)
+        protected = protected.detach().cpu()
+        seconds = time.perf_counter() - t0
+        if cache:
+            _save_tensor(target, protected.half(), {"seconds": f"{seconds:.3f}", "method": m.name})
+        return Protection(user, m.name, None, protected, list(all_faces.ids), None, seconds)
     raise ValueError(f"unknown method kind {m.kind!r}")
+
+
+def _method_context() -> list:
+    """State outside the arguments that a per-image method reads (Fawkes' target pool), for cache keys."""
+    try:
+        from .protect import baselines
+    except ImportError:
+        return []
+    pool = getattr(baselines, "_TARGET_POOL", None)
+    return [] if pool is None else sorted(pool.labels)
 
 
 def _cache_path(key: str, ext: str) -> Path:
@@ -290,7 +326,7 @@ def _cache_path(key: str, ext: str) -> Path:
     return paths.cache_dir("protections", key[:2]) / f"{key}.{ext}"
 
 
-def _save_tensor(target: Path, t: torch.Tensor) -> None:
+def _save_tensor(target: Path, t: torch.Tensor, meta: dict | None = None) -> None:
     import os
     import tempfile
 
@@ -299,7 +335,7 @@ def _save_tensor(target: Path, t: torch.Tensor) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     os.close(fd)
     try:
-        save_file({"protected": t.contiguous()}, tmp)
+        save_file({"protected": t.contiguous()}, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
