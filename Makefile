@@ -12,13 +12,14 @@ export PYTHONUNBUFFERED := 1
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := $(VENV)/.assets
 
-.PHONY: setup assets reproduce full ci-profile test test-fast lint strip clean-outputs help
+.PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip clean-outputs help
 
 help:
 	@echo "make reproduce   # set up, then run every notebook with the default profile (~30 min on a 2-core CPU)"
 	@echo "make test        # set up, then run the tests (unit tests + every notebook with the ci profile)"
 	@echo "make full        # paper-scale profile (hours on a CPU, minutes on a GPU)"
 	@echo "make test-fast   # unit tests only (no notebooks)"
+	@echo "make bench       # speed benchmarks -> papermill_runs/bench/*.json"
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,15 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow"
+
+BENCH := papermill_runs/bench
+bench: setup
+	@mkdir -p $(BENCH)
+	$(PY) benchmarks/bench_zoo.py --repeats 3 --out $(BENCH)/zoo.json
+	$(PY) benchmarks/bench_uv.py --n 64 --batches 1 8 32 --repeats 5 --json $(BENCH)/uv.json
+	$(PY) benchmarks/bench_train.py --steps 3 --out $(BENCH)/train.json
+	$(PY) benchmarks/bench_protect.py --photos 10 --frames 100 --detect-every 1 10 --out $(BENCH)/protect.json
+	$(PY) benchmarks/bench_canvases.py --limit 500 --fresh-cache --no-progress --out $(BENCH)/canvases_500_cold.json
 
 lint: setup
 	$(VENV)/bin/ruff check protego_nb tests scripts benchmarks notebooks
