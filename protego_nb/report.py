@@ -27,12 +27,16 @@ from typing import Any
 from . import paths
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> Path:
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically: a temporary file in the same folder, fsync, rename."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,7 +45,7 @@ def _atomic_write_bytes(target: Path, data: bytes) -> Path:
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
-    return _atomic_write_bytes(Path(target), text.encode("utf-8"))
+    return atomic_write_bytes(target, text.encode("utf-8"))
 
 
 def savefig(

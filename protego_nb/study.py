@@ -327,19 +327,12 @@ def _cache_path(key: str, ext: str) -> Path:
 
 
 def _save_tensor(target: Path, t: torch.Tensor, meta: dict | None = None) -> None:
-    import os
-    import tempfile
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from .report import atomic_write_bytes
 
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file({"protected": t.contiguous()}, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = save({"protected": t.contiguous()}, metadata={k: str(v) for k, v in (meta or {}).items()})
+    atomic_write_bytes(target, data)
 
 
 def _save_cached_ppt(key: str, result: tr.TrainResult) -> None:

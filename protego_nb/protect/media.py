@@ -93,6 +93,7 @@ import torch
 from ..faces import align
 from ..faces.detect import MIN_BOX_SIZE, MIN_EYE_DISTANCE, Detection, FaceDetector, make_canvas
 from ..faces.images import ImageError, decode_rgb, read_bytes
+from ..report import atomic_write_bytes
 
 __all__ = [
     "OWNER_THRESHOLDS",
@@ -298,19 +299,6 @@ def owner_embedding(model: torch.nn.Module, canvases: torch.Tensor, landmarks: t
         chunks.append(torch.nn.functional.normalize(e, dim=1))
     mean = torch.cat(chunks).mean(0)
     return torch.nn.functional.normalize(mean, dim=0).cpu().numpy()
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _rgb_icc(icc: bytes | None) -> bytes | None:
@@ -651,7 +639,7 @@ class Protector:
             payload = self._encode(fr.image, fmt, info, exif)
             r.timings["encode"] = time.perf_counter() - t
             t = time.perf_counter()
-            _atomic_write(dst, payload)
+            atomic_write_bytes(dst, payload)
             r.timings["write"] = time.perf_counter() - t
         except OSError as exc:
             r.reason, r.message = "write_error", f"{dst}: cannot write the output ({exc})"

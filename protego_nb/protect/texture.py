@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -249,18 +248,9 @@ def save_ppt(path: str | os.PathLike, texture: torch.Tensor, meta: Mapping[str, 
     full["epsilon"] = eps
     strmeta = {str(k): _meta_to_str(v) for k, v in full.items()}
     data = save({"ppt": tex}, metadata=strmeta)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from ..report import atomic_write_bytes
+
+    return atomic_write_bytes(target, data)
 
 
 class PPTFileError(ValueError):

@@ -36,7 +36,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..report import atomic_write_bytes
 from . import losses
 from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, FlatWarp, UVWarp, Warp, init_texture, save_ppt
 
@@ -289,26 +289,12 @@ def _fingerprint(canvases: torch.Tensor, landmarks: torch.Tensor, names: list[st
     return h.hexdigest()
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     from safetensors.torch import save
 
     meta = {"format": _CKPT_FORMAT, "state": json.dumps(state)}
     data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=meta)
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
 
 
 def _load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
