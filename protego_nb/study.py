@@ -592,8 +592,8 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
     "input_diversity": ("protego", {"input_diversity": 0.5}, "input diversity p=0.5"),
     "eps8": ("protego", {"eps": 8 / 255}, "epsilon 8/255"),
     "ssim0.90": ("protego", {"min_ssim": 0.90}, "SSIM floor 0.90"),
-    "batch16": ("protego", {"batch_size": 16}, "batch |B| = 16"),
-    "batch2": ("protego", {"batch_size": 2}, "batch |B| = 2"),
+    "batch16": ("protego", {"batch_size": 16}, "batch size 16"),
+    "batch2": ("protego", {"batch_size": 2}, "batch size 2"),
     "one_surrogate": ("protego", {"surrogates": 1}, "only the first surrogate"),
 }
 
