@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -14,3 +15,19 @@ def lfw():
     if not paths.lfw_images_dir(check=False).is_dir():
         pytest.skip("LFW not available (set PROTEGO_DATA_DIR)")
     return data.lfw()
+
+
+@functools.cache
+def lfw_canvas_stack(names: tuple[str, ...]):
+    """uint8 [N, 224, 224, 3] canvases of LFW images (relative paths) through the package's detector."""
+    import numpy as np
+
+    from protego_nb import paths
+    from protego_nb.faces import detect
+
+    root = paths.lfw_images_dir(check=False)
+    if not root.is_dir():
+        pytest.skip("LFW not available (set PROTEGO_DATA_DIR)")
+    rep = detect.build_canvases([root / n for n in names], progress=False)
+    assert not rep.failures, rep.failures
+    return np.stack([c.canvas for c in rep.canvases])

@@ -7,9 +7,9 @@ import functools
 import numpy as np
 import pytest
 import torch
+from conftest import lfw_canvas_stack
 
-from protego_nb import paths
-from protego_nb.faces import align, mesh, uv
+from protego_nb.faces import mesh, uv
 
 LFW_NAMES = [
     "Aaron_Eckhart/Aaron_Eckhart_0001.jpg",
@@ -19,23 +19,9 @@ LFW_NAMES = [
 ]
 
 
-@functools.cache
 def lfw_canvases() -> np.ndarray:
-    """Aligned 224x224 canvases of a few LFW images (MTCNN 5 points -> CANVAS_TEMPLATE similarity)."""
-    import cv2
-    from facenet_pytorch import MTCNN
-
-    root = paths.lfw_images_dir(check=False)
-    if not root.is_dir():
-        pytest.skip("LFW not available (set PROTEGO_DATA_DIR)")
-    mtcnn = MTCNN(keep_all=False, device="cpu")
-    out = []
-    for name in LFW_NAMES:
-        img = cv2.cvtColor(cv2.imread(str(root / name)), cv2.COLOR_BGR2RGB)
-        _, _, pts = mtcnn.detect(img, landmarks=True)
-        M = align.similarity_transform(pts[0], align.CANVAS_TEMPLATE)
-        out.append(cv2.warpAffine(img, M, (224, 224), flags=cv2.INTER_LINEAR))
-    return np.stack(out)
+    """Aligned 224x224 canvases of a few LFW images (the package's MTCNN canvases)."""
+    return lfw_canvas_stack(tuple(LFW_NAMES))
 
 
 @functools.cache
