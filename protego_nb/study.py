@@ -265,17 +265,22 @@ def run_method(
             *_faces_fingerprint(train_faces, m.mode),
         )
         target = _cache_path(key, "ppt")
+        train_seconds = None
         if cache and target.exists():
-            texture, _ = tex.load_ppt(target)
+            texture, meta = tex.load_ppt(target)
+            train_seconds = float(meta.get("train_seconds", "nan"))
         else:
+            t_train = time.perf_counter()
             gen = torch.Generator().manual_seed(mcfg.seed)
             texture = m.fn(train_faces, surrogates, mcfg, device=device, generator=gen).detach().cpu()
+            train_seconds = time.perf_counter() - t_train
             if cache:
-                tex.save_ppt(target, texture, {"epsilon": mcfg.eps, "method": m.name, "surrogates": names})
+                meta = {"epsilon": mcfg.eps, "method": m.name, "surrogates": names,
+                        "train_seconds": f"{train_seconds:.3f}"}
+                tex.save_ppt(target, texture, meta)
         protected = protect_faces(all_faces, texture, m.mode, mcfg.eps)
-        return Protection(
-            user, m.name, texture, protected, list(all_faces.ids), None, time.perf_counter() - t0
-        )
+        seconds = train_seconds if train_seconds is not None else time.perf_counter() - t0
+        return Protection(user, m.name, texture, protected, list(all_faces.ids), None, seconds)
     if m.kind == "per_image":
         # m.config records the per-image method's own settings (steps, mode, ...): part of the cache key only
         key = _fingerprint(

@@ -31,3 +31,14 @@ def lfw_canvas_stack(names: tuple[str, ...]):
     rep = detect.build_canvases([root / n for n in names], progress=False)
     assert not rep.failures, rep.failures
     return np.stack([c.canvas for c in rep.canvases])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (tiny tensors; avoids oversubscribing a shared CPU), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

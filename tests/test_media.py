@@ -34,12 +34,7 @@ def frame(face: np.ndarray, size=(480, 640), at=(100, 200), fill=120) -> np.ndar
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,7 @@ import torch
 
 from protego_nb.evaluate import quality as Qm
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand_images(b: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:

@@ -23,7 +23,7 @@ def tmp_cache(tmp_path, monkeypatch):
 
 def test_faces_have_uv(setup):
     split, faces, dis, _ = setup
-    for u, fs in faces.items():
+    for fs in faces.values():
         assert len(fs) == 12 and not fs.missing and not fs.no_mesh
         assert fs.uv is not None and fs.uv.vis.flatten(1).mean(1).min() > 0.1
     assert len(dis) == 40 and dis.uv is None
