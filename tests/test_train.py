@@ -260,3 +260,60 @@ def test_ssim_floor_is_enforced_by_the_dynamic_weight():
     half = len(strict.history["ssim"]) // 2
     assert sum(strict.history["ssim"][half:]) > sum(loose.history["ssim"][half:]) + 0.02 * half
     assert strict.history["total"][0] > loose.history["total"][0]  # the hinge is part of the loss
+
+
+def _tv(t: torch.Tensor) -> float:
+    """Mean absolute difference of neighbouring texels (total variation per texel)."""
+    return float((t[..., 1:, :] - t[..., :-1, :]).abs().mean() + (t[..., :, 1:] - t[..., :, :-1]).abs().mean())
+
+
+def test_gradient_smoothing_gives_a_smoother_update():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=1)
+    init = X.init_texture(cfg.eps, torch.Generator().manual_seed(cfg.seed), S)
+    plain = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    smooth = T.train_ppt(canvases, landmarks, warps, MODELS, cfg.replace(grad_smooth=2.0), progress=False)
+    d_plain, d_smooth = plain.texture - init, smooth.texture - init
+    assert d_smooth.abs().max() > 0 and smooth.texture.abs().max() <= torch.tensor(cfg.eps, dtype=torch.float32)
+    # relative to its size, the smoothed update varies less between neighbouring texels (measured 0.97 vs 2.5)
+    rel_plain, rel_smooth = (_tv(d) / float(d.abs().mean()) for d in (d_plain, d_smooth))
+    assert rel_smooth < 0.6 * rel_plain, (rel_smooth, rel_plain)
+    # and reaches texels next to the sampled ones, which the plain gradient leaves at exactly zero
+    assert (d_smooth != 0).float().mean() > 2 * (d_plain != 0).float().mean()
+    # the blur keeps a constant field and shrinks a checkerboard
+    const = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(T._gaussian(const, 2.0), const, atol=1e-6)
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]).remainder(2).float().expand(1, 3, 16, 16)
+    assert _tv(T._gaussian(checker, 2.0)) < 0.05 * _tv(checker)
+
+
+def test_blur_view_adds_the_smoothed_canvas_to_the_loss():
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=2)
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.spec = model, model.spec
+
+        def forward(self, x, lm):
+            calls.append(x.detach().clone())
+            return self.model(x, lm)
+
+    plain = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    rec = [Recorder(m) for m in MODELS]
+    calls.clear()
+    blur = T.train_ppt(canvases, landmarks, warps, rec, cfg.replace(blur_view=1.0), progress=False)
+    steps = blur.steps
+    n_clean = 2 * math.ceil(10 / cfg.batch_size)  # the clean-feature pass of both models
+    assert len(calls) == n_clean + steps * 2 * 2  # each step: both models see the canvas and its blurred copy
+    x, xb = calls[n_clean], calls[n_clean + 1]
+    assert torch.allclose(T._gaussian(x, 1.0), xb) and _tv(xb) < _tv(x)
+    assert set(blur.history) == set(plain.history)  # the logged terms stay the unblurred ones
+    assert not torch.equal(blur.texture, plain.texture)
+    assert blur.texture.abs().max() <= torch.tensor(cfg.eps, dtype=torch.float32)
+    with pytest.raises(ValueError, match="blur_view"):
+        cfg.replace(blur_view=-1.0).validate()
+    with pytest.raises(ValueError, match="grad_smooth"):
+        cfg.replace(grad_smooth=-0.5).validate()

@@ -25,7 +25,9 @@ resize/shift/rotation of the protected canvas and its landmarks - the perturbati
 transform, so canvas, UV warp and landmarks move together - plus Gaussian jitter of each model's
 alignment landmarks), ``term_weights`` / ``model_weights``, ``grad_balance="per_term"`` (each
 (model, term) gradient w.r.t. the texture normalised to unit L1 or L2 before the weighted sum: with a
-signed step a scalar weight barely acts, issue 5), ``logdet_form``, ``use_logdet=False`` (the
+signed step a scalar weight barely acts, issue 5), ``grad_smooth`` (TI-FGSM, Dong et al. CVPR 2019: the texture gradient Gaussian-smoothed before the
+signed step), ``blur_view`` (LowKey, Cherepanova et al. ICLR 2021: the loss also on a Gaussian-blurred copy
+of each protected canvas), ``logdet_form``, ``use_logdet=False`` (the
 Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or ``"flat"`` 2D mask).
 """
 
@@ -99,6 +101,12 @@ class TrainConfig:
     di_rotate: float = 10.0
     #: Std (canvas pixels) of the per-model jitter of the alignment landmarks, applied with input diversity.
     di_landmark_jitter: float = 2.0
+    #: TI-FGSM (Dong et al. CVPR 2019): std, in texture pixels, of a Gaussian that smooths the texture
+    #: gradient before the signed step (0 disables); favours low-frequency, translation-robust textures.
+    grad_smooth: float = 0.0
+    #: LowKey-style smoothed view (Cherepanova et al. ICLR 2021): std, in canvas pixels, of a Gaussian blur of the
+    #: protected canvas whose features enter the loss beside the unblurred ones (mean of both; 0 disables).
+    blur_view: float = 0.0
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -148,6 +156,8 @@ class TrainConfig:
             problems.append(f"momentum {self.momentum} must be >= 0")
         if not 0 <= self.input_diversity <= 1:
             problems.append(f"input_diversity {self.input_diversity} is a probability, must be in [0, 1]")
+        if self.grad_smooth < 0 or self.blur_view < 0:
+            problems.append(f"grad_smooth {self.grad_smooth} and blur_view {self.blur_view} must be >= 0")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if problems:
@@ -311,6 +321,14 @@ def _load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return tensors, json.loads(meta["state"])
 
 
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``[B, C, H, W]`` with std ``sigma`` pixels (kernel 2*ceil(3 sigma)+1, reflect border)."""
+    import kornia
+
+    k = 2 * math.ceil(3 * sigma) + 1
+    return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
+
+
 def _norm(g: torch.Tensor, kind: str) -> torch.Tensor:
     n = g.abs().sum() if kind == "l1" else g.pow(2).sum().sqrt()
     return g / n if float(n) > 0 else g
@@ -440,22 +458,28 @@ def train_ppt(
             x_in, lm_in, applied = _diversity(x_prot, lm, cfg, gen)
         else:
             x_in, lm_in, applied = x_prot, lm, None
-        prot = {}
+        prot, prot_blur = {}, {}
+        x_blur = _gaussian(x_in, cfg.blur_view) if cfg.blur_view > 0 else None
         for name, model in models.items():
             lm_m = lm_in
             if applied is not None and cfg.di_landmark_jitter > 0:
                 noise = torch.randn(lm.shape, generator=gen) * cfg.di_landmark_jitter
                 lm_m = lm_in + (noise * applied.view(-1, 1, 1)).to(device=device, dtype=lm_in.dtype)
             prot[name] = model(x_in, lm_m)
-        terms, values = losses.ensemble_terms(
-            prot,
-            {m: clean[m][idx.to(clean[m].device)] for m in names},
+            if x_blur is not None:
+                prot_blur[name] = model(x_blur, lm_m)
+        term_kw = dict(
             logdet_form=cfg.logdet_form,
             use_logdet=cfg.use_logdet,
             logdet_weight=tw.get("logdet", 1.0),
             cosine_weight=tw.get("cosine", 1.0),
             model_weights=cfg.model_weights,
         )
+        clean_b = {m: clean[m][idx.to(clean[m].device)] for m in names}
+        terms, values = losses.ensemble_terms(prot, clean_b, **term_kw)
+        if x_blur is not None:  # LowKey-style: mean of the loss on the canvas and on its smoothed view
+            terms_b, _ = losses.ensemble_terms(prot_blur, clean_b, **term_kw)
+            terms = [(k, w / 2, v) for k, w, v in terms] + [(k + "/blur", w / 2, v) for k, w, v in terms_b]
         total = sum(w * v for _, w, v in terms) + ssim_w.weight * hinge
         if cfg.grad_balance == "none":
             (grad,) = torch.autograd.grad(total, tex)
@@ -466,6 +490,8 @@ def train_ppt(
                 (g,) = torch.autograd.grad(v, tex, retain_graph=i < len(active) - 1)
                 grad = grad + w * _norm(g, cfg.grad_norm)
         grad = grad / len(idx)  # the batch-mean gradient (the texture is shared by the batch)
+        if cfg.grad_smooth > 0:  # TI-FGSM: smooth the gradient in texture space
+            grad = _gaussian(grad, cfg.grad_smooth)
         with torch.no_grad():
             if cfg.momentum > 0:
                 mom = cfg.momentum * mom + grad / grad.abs().mean().clamp_min(1e-30)
