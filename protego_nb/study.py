@@ -600,7 +600,44 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
     "batch16": ("protego", {"batch_size": 16}, "batch size 16"),
     "batch2": ("protego", {"batch_size": 2}, "batch size 2"),
     "one_surrogate": ("protego", {"surrogates": 1}, "only the first surrogate"),
+    "plus_faceres": ("protego", {"extra_surrogates": ["faceres"]}, "faceres added to the surrogates"),
+    "epochs_x4": ("protego", {"epochs_x": 4}, "4x the epochs"),
+    "ti_smooth3": ("protego", {"grad_smooth": 3.0}, "TI-FGSM: texture gradient smoothed, sigma 3 px"),
+    "blur_view": ("protego", {"blur_view": 1.5}, "LowKey-style smoothed view, sigma 1.5 px"),
+    "texture64": ("protego", {"texture_size": 64}, "64x64 texture (low-frequency PPT)"),
+    "texture32": ("protego", {"texture_size": 32}, "32x32 texture (low-frequency PPT)"),
+    "transfer_mix": (
+        "protego",
+        {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
+        "64x64 texture + smoothed view + input diversity 0.5, 2x epochs",
+    ),
+    "transfer_max": (
+        "protego",
+        {"extra_surrogates": ["faceres"], "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 4},
+        "faceres added + smoothed view + input diversity 0.5, 4x epochs",
+    ),
 }
+
+
+def ablation_setup(
+    name: str, cfg: tr.TrainConfig, surrogate_names: Sequence[str]
+) -> tuple[str, tr.TrainConfig, list[str]]:
+    """``(method, config, surrogates)`` of the ablation ``name`` over the base ``cfg`` and surrogates.
+
+    Besides :class:`~protego_nb.protect.train.TrainConfig` fields an ablation may set ``surrogates`` (keep the
+    first k), ``extra_surrogates`` (names appended) and ``epochs_x`` (multiply the base epochs).
+    """
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose from {sorted(ABLATIONS)}")
+    method, over, _ = ABLATIONS[name]
+    over = dict(over)
+    k = over.pop("surrogates", len(surrogate_names))
+    extra = [m for m in over.pop("extra_surrogates", []) if m not in surrogate_names]
+    if "epochs_x" in over:
+        over["epochs"] = cfg.epochs * over.pop("epochs_x")
+    c = cfg.replace(**over)
+    c.validate()
+    return method, c, list(surrogate_names)[:k] + extra
 
 
 def run_ablation(
@@ -618,11 +655,9 @@ def run_ablation(
 
     rows = []
     for name in names:
-        method, over, what = ABLATIONS[name]
-        over = dict(over)
-        k = over.pop("surrogates", len(surrogate_names))
-        sur = load_surrogates(list(surrogate_names)[:k], intruder, device)
-        c = cfg.replace(**over)
+        method, c, sur_names = ablation_setup(name, cfg, surrogate_names)
+        what = ABLATIONS[name][2]
+        sur = load_surrogates(sur_names, intruder, device)
         prots = protect_users(
             [method], split, faces, sur, c, device=device, intruder=intruder, progress=False
         )

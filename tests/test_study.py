@@ -64,3 +64,21 @@ def test_evaluate_rows(setup, tmp_cache):
     assert t.loc[("dlib_resnet", "protego"), "1b"] > 80  # clean retrieval works for these users
     q = study.quality_table(faces, prots, cfg.eps)
     assert len(q) == 24 and (q["linf_255"] <= 16.0 + 1e-3).all()
+
+
+def test_every_ablation_resolves_to_a_valid_config():
+    cfg = tr.TrainConfig.from_preset("paper", epochs=8)
+    surs = ["dlib_resnet", "mobilefacenet"]
+    for name, (method, _, what) in study.ABLATIONS.items():
+        m, c, names = study.ablation_setup(name, cfg, surs)
+        assert m == method and m in study.METHODS and what
+        assert names and set(names) >= {surs[0]} and len(set(names)) == len(names)
+    assert study.ablation_setup("one_surrogate", cfg, surs)[2] == ["dlib_resnet"]
+    assert study.ablation_setup("plus_faceres", cfg, surs)[2] == [*surs, "faceres"]
+    assert study.ablation_setup("plus_faceres", cfg, [*surs, "faceres"])[2] == [*surs, "faceres"]
+    assert study.ablation_setup("epochs_x4", cfg, surs)[1].epochs == 32
+    _, c, _ = study.ablation_setup("transfer_max", cfg, surs)
+    assert (c.blur_view, c.input_diversity, c.epochs) == (1.5, 0.5, 32) and cfg.blur_view == 0
+    assert study.ablation_setup("base", cfg, surs)[1] == cfg
+    with pytest.raises(ValueError, match="unknown ablation"):
+        study.ablation_setup("nope", cfg, surs)
