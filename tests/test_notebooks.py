@@ -140,7 +140,7 @@ def test_04_gram_volume_ablations(ci_run):
     assert ci_run["04_gram_volume_ablations"].ok, ci_run["04_gram_volume_ablations"].error[-2000:]
     r = _results("04_gram_volume_ablations")
     abl = r["ablations"]
-    assert set(abl) == {"base", "no_logdet", "logdet_plain", "per_term", "flat_2d", "one_surrogate"}
+    assert set(abl) == {"base", "no_logdet", "logdet_plain", "per_term", "flat_2d", "one_surrogate", "blur_view"}
     assert len({round(v["bb_1b"], 6) for v in abl.values()}) == 1  # same users, same clean baseline
     for name, row in abl.items():
         assert 0 <= row["bb_2a"] <= 100 and 0 < row["ssim"] <= 1 and row["train_s_per_user"] > 0, name
