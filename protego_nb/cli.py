@@ -1,6 +1,7 @@
 """``protego-nb``: train a Privacy Protection Texture from your photos, then protect photos and videos with it.
 
     protego-nb train PHOTOS_DIR -o me.ppt [--preset release|paper|ci] [--surrogates A B ...] [--epsilon 16]
+                     [--set input_diversity=0.5 blur_view=1.5 ...]
     protego-nb protect IN... --ppt me.ppt -o OUTDIR [--faces owner|all] [--jpeg-quality 95] [--keep-metadata]
 
 Exit status: 0 when every input was handled (inputs skipped because they hold no face to protect are not
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="override the preset's seed")
     t.add_argument("--owner-model", default="mobilefacenet",
                    help="model of the owner's reference embedding stored in the PPT (default: mobilefacenet)")
+    t.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="settings",
+                   help="override training options, e.g. --set input_diversity=0.5 blur_view=1.5 "
+                        "(any TrainConfig field; values as JSON: numbers, true/false, strings)")
     t.add_argument("--checkpoint", help="checkpoint file to resume an interrupted training")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -127,6 +131,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown owner model {args.owner_model!r}")
     overrides = {k: v for k, v in (("eps", args.epsilon), ("epochs", args.epochs), ("seed", args.seed))
                  if v is not None}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
+        base = TrainConfig.from_preset(args.preset).to_dict()
+        if key not in base:
+            raise UsageError(f"--set {item!r}: unknown training option {key!r}; known: {', '.join(sorted(base))}")
+        try:
+            val = json.loads(value)
+        except json.JSONDecodeError:
+            val = value  # a bare string, e.g. grad_balance=per_term
+        want = type(base[key])
+        if want is float and type(val) is int:
+            val = float(val)
+        if base[key] is not None and type(val) is not want:
+            raise UsageError(f"--set {item!r}: {key} takes a {want.__name__}, got {value!r}")
+        overrides[key] = val
     try:
         cfg = TrainConfig.from_preset(args.preset, **overrides)
         cfg.validate()

@@ -38,7 +38,7 @@ def trained(tmp_path_factory) -> Path:
     (d / "readme.txt").write_text("my photos")
     out = d / "me.ppt"
     rc = cli.main(["train", str(d), "-o", str(out), "--preset", "ci", "--surrogates", "mobilefacenet",
-                   "dlib_resnet", "--no-progress"])
+                   "dlib_resnet", "--no-progress", "--set", "blur_view=1", "input_diversity=0.5"])
     assert rc == 0
     return out
 
@@ -67,6 +67,8 @@ def test_train_writes_a_valid_ppt_with_owner(trained):
     emb = np.asarray(json.loads(meta["owner_embedding"]))
     assert meta["owner_model"] == "mobilefacenet" and emb.shape == (192,)
     assert abs(np.linalg.norm(emb) - 1) < 1e-4 and meta["n_train_images"] == "3"
+    config = json.loads(meta["config"])  # the --set options reached the training config
+    assert config["blur_view"] == 1.0 and config["input_diversity"] == 0.5 and config["grad_smooth"] == 0
 
 
 def test_train_usage_errors(tmp_path, capsys):
@@ -76,6 +78,10 @@ def test_train_usage_errors(tmp_path, capsys):
     rc = cli.main(["train", str(tmp_path / "d"), "-o", str(tmp_path / "x.ppt"), "--surrogates", "sface"])
     assert rc == 2 and "intruder" in capsys.readouterr().err
     assert cli.main(["train"]) == 2
+    for bad, msg in (("nope=1", "unknown training option"), ("blur_view=abc", "takes a float"),
+                     ("momentum", "FIELD=VALUE"), ("blur_view=-1", "blur_view")):
+        rc = cli.main(["train", str(tmp_path / "d"), "-o", str(tmp_path / "x.ppt"), "--set", bad])
+        assert rc == 2 and msg in capsys.readouterr().err, bad
 
 
 def test_protect_end_to_end(trained, tmp_path, capsys):
