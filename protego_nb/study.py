@@ -217,7 +217,7 @@ def run_method(
     if m.kind == "texture":
         mcfg = cfg.replace(mode=m.mode, **dict(m.config))
         key = _fingerprint(
-            "texture", m.name, dict(m.config), mcfg.to_dict(), names, *_faces_fingerprint(train_faces, m.mode)
+            "texture", m.name, dict(m.config), mcfg.key_dict(), names, *_faces_fingerprint(train_faces, m.mode)
         )
         result = _load_cached_ppt(key, mcfg, names) if cache else None
         if result is None:
@@ -260,7 +260,7 @@ def run_method(
             m.name,
             m.title,
             dict(m.config),
-            mcfg.to_dict(),
+            mcfg.key_dict(),
             names,
             *_faces_fingerprint(train_faces, m.mode),
         )
@@ -288,7 +288,7 @@ def run_method(
             m.name,
             m.title,
             dict(m.config),
-            cfg.to_dict(),
+            cfg.key_dict(),
             names,
             all_faces.ids,
             all_faces.x,

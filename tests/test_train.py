@@ -317,3 +317,13 @@ def test_blur_view_adds_the_smoothed_canvas_to_the_loss():
         cfg.replace(blur_view=-1.0).validate()
     with pytest.raises(ValueError, match="grad_smooth"):
         cfg.replace(grad_smooth=-0.5).validate()
+
+
+def test_key_dict_leaves_out_later_options_only_at_their_defaults():
+    cfg = T.TrainConfig.from_preset("paper")
+    key = cfg.key_dict()
+    assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
+    assert {k: v for k, v in cfg.to_dict().items() if k not in ("grad_smooth", "blur_view")} == key
+    on = cfg.replace(blur_view=1.5).key_dict()
+    assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
+    assert cfg.replace(grad_smooth=2.0).key_dict()["grad_smooth"] == 2.0

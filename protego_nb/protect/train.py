@@ -56,6 +56,9 @@ __all__ = ["PRESETS", "TrainConfig", "TrainResult", "clean_features", "surrogate
 _CKPT_FORMAT = "protego_nb.train-checkpoint/1"
 #: Config fields that may change between an interrupted run and its resumption.
 _RESUME_FREE = {"checkpoint_every"}
+#: Options added after the first release: left out of :meth:`TrainConfig.key_dict` while at their (off) defaults,
+#: so cached textures and checkpoints of configs that do not use them keep their keys.
+_LATER_OPTIONS = ("grad_smooth", "blur_view")
 
 
 @dataclass
@@ -131,6 +134,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that identify a training run (cache keys, checkpoints): :meth:`to_dict` without the
+        later-added options that are at their off default."""
+        d = self.to_dict()
+        for name in _LATER_OPTIONS:
+            if d[name] == _FIELD_DEFAULTS[name]:
+                del d[name]
+        return d
+
     def validate(self) -> None:
         """Raise ``ValueError`` with the offending field for an inconsistent config."""
         problems = []
@@ -163,6 +175,8 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 PRESETS: dict[str, TrainConfig] = {
     # The released code (train.py L31-67): 100 epochs, batch 16, lr 0.01 * 16/255, SSIM 0.95, seed 114.
@@ -389,7 +403,7 @@ def train_ppt(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    cfg_state = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+    cfg_state = {k: v for k, v in cfg.key_dict().items() if k not in _RESUME_FREE}
     fingerprint = _fingerprint(canvases, landmarks, names) if ckpt_path is not None else ""
 
     texture = init_texture(cfg.eps, gen, cfg.texture_size, device)
