@@ -115,6 +115,10 @@ def test_05_recall_tables(ci_run):
     assert set(r["robustness"]) == {f"{t}/{m}" for t in ("jpeg75", "blur") for m in methods}
     for m in methods:  # coverage 0 and 1 are the b and a scenarios
         assert r["coverage"][m]["1b"] == r["main"][m]["1b"] and r["coverage"][m]["2a"] == r["main"][m]["2a"]
+    loo = r["leave_one_out"]  # ci: mobilefacenet held out, Protego trained on sface + dlib_resnet + faceres
+    assert set(loo) == {"mobilefacenet/protego"}
+    assert loo["mobilefacenet/protego"]["1b"] >= 90 and 0 <= loo["mobilefacenet/protego"]["2a"] <= 100
+    assert (paths.results_dir(PROFILE, create=False) / "05_leave_one_out.md").exists()
     t = r["targets"]
     assert {"protego_2a_over_1b", "reduction_ratio", "target_ssim_ge_0.95"} <= set(t)
     for name in ("05_main_table", "05_coverage"):
