@@ -297,12 +297,14 @@ def run_method(
         )
         target = _cache_path(key, "safetensors")
         if cache and target.exists():
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            protected = load_file(str(target))["protected"].float()
-            return Protection(
-                user, m.name, None, protected, list(all_faces.ids), None, time.perf_counter() - t0
-            )
+            with safe_open(str(target), framework="pt") as fh:
+                protected = fh.get_tensor("protected").float()
+                recorded = (fh.metadata() or {}).get("seconds")
+            # the time the cloaks took when they were computed (a cache hit itself takes milliseconds)
+            seconds = float(recorded) if recorded is not None else float("nan")
+            return Protection(user, m.name, None, protected, list(all_faces.ids), None, seconds)
         gen = torch.Generator().manual_seed(cfg.seed)
         protected = m.fn(
             all_faces, surrogates, eps=cfg.eps, min_ssim=cfg.min_ssim, device=device, generator=gen

@@ -1,5 +1,7 @@
 """The study harness on real LFW images with a real (fast) zoo surrogate."""
 
+import time
+
 import pytest
 import torch
 
@@ -82,3 +84,27 @@ def test_every_ablation_resolves_to_a_valid_config():
     assert study.ablation_setup("base", cfg, surs)[1] == cfg
     with pytest.raises(ValueError, match="unknown ablation"):
         study.ablation_setup("nope", cfg, surs)
+
+
+def test_per_image_cache_hit_reports_the_recorded_time(setup, tmp_cache):
+    split, faces, _, sur = setup
+    u = "Tony_Blair"
+    calls = []
+
+    def fake(fs, surrogates, eps, min_ssim, device, generator):
+        calls.append(len(fs))
+        time.sleep(0.05)
+        return (fs.x + eps / 2).clamp(0, 1)
+
+    before = dict(study.METHODS)
+    try:
+        study.register_method(study.Method("fake_cloak", kind="per_image", mode="flat", fn=fake, title="test"))
+        cfg = tr.TrainConfig.from_preset("ci", epochs=1)
+        a = study.run_method("fake_cloak", u, faces[u], faces[u], sur, cfg)
+        b = study.run_method("fake_cloak", u, faces[u], faces[u], sur, cfg)
+    finally:
+        study.METHODS.clear()
+        study.METHODS.update(before)
+    assert calls == [len(faces[u])]  # the second call is a cache hit
+    assert a.seconds >= 0.05 and b.seconds == pytest.approx(a.seconds, abs=1e-3)
+    assert torch.allclose(a.protected, b.protected, atol=1e-3)  # stored as float16
