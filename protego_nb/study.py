@@ -209,7 +209,7 @@ def run_method(
     With ``cache`` (default), a trained texture is stored under ``paths.cache_dir("protections")`` keyed
     by the method, the full config, the surrogate names and the exact training canvases, landmarks and
     UV maps; the same request later (another notebook, a re-run) loads it instead of training again.
-    Per-image methods cache their protected canvases (float16) the same way.
+    Per-image methods cache their perturbations (float16; first runs use the same rounding) the same way.
     """
     m = METHODS[method] if isinstance(method, str) else method
     t0 = time.perf_counter()
@@ -284,7 +284,7 @@ def run_method(
     if m.kind == "per_image":
         # m.config records the per-image method's own settings (steps, mode, ...): part of the cache key only
         key = _fingerprint(
-            "per_image",
+            "per_image/delta16",
             m.name,
             m.title,
             dict(m.config),
@@ -300,19 +300,23 @@ def run_method(
             from safetensors import safe_open
 
             with safe_open(str(target), framework="pt") as fh:
-                protected = fh.get_tensor("protected").float()
+                delta = fh.get_tensor("delta")
                 recorded = (fh.metadata() or {}).get("seconds")
             # the time the cloaks took when they were computed (a cache hit itself takes milliseconds)
             seconds = float(recorded) if recorded is not None else float("nan")
+            protected = _from_delta(all_faces.x, delta, cfg.eps)
             return Protection(user, m.name, None, protected, list(all_faces.ids), None, seconds)
         gen = torch.Generator().manual_seed(cfg.seed)
         protected = m.fn(
             all_faces, surrogates, eps=cfg.eps, min_ssim=cfg.min_ssim, device=device, generator=gen
         )
-        protected = protected.detach().cpu()
+        # the perturbation is kept in float16 (error <= eps * 2^-11, about 3e-5) whether cached or not, so a
+        # first run and a cache hit score exactly the same images; the bound and [0, 1] hold exactly
+        delta = (protected.detach().cpu().float() - all_faces.x).half()
         seconds = time.perf_counter() - t0
         if cache:
-            _save_tensor(target, protected.half(), {"seconds": f"{seconds:.3f}", "method": m.name})
+            _save_tensor(target, {"delta": delta}, {"seconds": f"{seconds:.3f}", "method": m.name})
+        protected = _from_delta(all_faces.x, delta, cfg.eps)
         return Protection(user, m.name, None, protected, list(all_faces.ids), None, seconds)
     raise ValueError(f"unknown method kind {m.kind!r}")
 
@@ -333,13 +337,18 @@ def _cache_path(key: str, ext: str) -> Path:
     return paths.cache_dir("protections", key[:2]) / f"{key}.{ext}"
 
 
-def _save_tensor(target: Path, t: torch.Tensor, meta: dict | None = None) -> None:
+def _save_tensor(target: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
     from safetensors.torch import save
 
     from .report import atomic_write_bytes
 
-    data = save({"protected": t.contiguous()}, metadata={k: str(v) for k, v in (meta or {}).items()})
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={k: str(v) for k, v in (meta or {}).items()})
     atomic_write_bytes(target, data)
+
+
+def _from_delta(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Protected canvases ``clamp(x + clamp(delta, -eps, eps), 0, 1)`` in float32 from a stored perturbation."""
+    return torch.clamp(x + torch.clamp(delta.float(), -eps, eps), 0.0, 1.0)
 
 
 def _save_cached_ppt(key: str, result: tr.TrainResult) -> None:
