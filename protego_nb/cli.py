@@ -131,11 +131,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown owner model {args.owner_model!r}")
     overrides = {k: v for k, v in (("eps", args.epsilon), ("epochs", args.epochs), ("seed", args.seed))
                  if v is not None}
+    base = TrainConfig.from_preset(args.preset).to_dict()
     for item in args.settings:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
-        base = TrainConfig.from_preset(args.preset).to_dict()
         if key not in base:
             raise UsageError(f"--set {item!r}: unknown training option {key!r}; known: {', '.join(sorted(base))}")
         try:

@@ -25,10 +25,11 @@ resize/shift/rotation of the protected canvas and its landmarks - the perturbati
 transform, so canvas, UV warp and landmarks move together - plus Gaussian jitter of each model's
 alignment landmarks), ``term_weights`` / ``model_weights``, ``grad_balance="per_term"`` (each
 (model, term) gradient w.r.t. the texture normalised to unit L1 or L2 before the weighted sum: with a
-signed step a scalar weight barely acts, issue 5), ``grad_smooth`` (TI-FGSM, Dong et al. CVPR 2019: the texture gradient Gaussian-smoothed before the
-signed step), ``blur_view`` (LowKey, Cherepanova et al. ICLR 2021: the loss also on a Gaussian-blurred copy
-of each protected canvas), ``logdet_form``, ``use_logdet=False`` (the
-Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or ``"flat"`` 2D mask).
+signed step a scalar weight barely acts, issue 5), ``grad_smooth`` (TI-FGSM, Dong et al. CVPR 2019: the
+texture gradient Gaussian-smoothed before the signed step), ``blur_view`` (LowKey, Cherepanova et al. ICLR
+2021: the loss also on a Gaussian-blurred copy of each protected canvas), ``logdet_form``,
+``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
+``"flat"`` 2D mask). Measured effects on black-box transfer: notebook 04 and the README's transfer sweep.
 """
 
 from __future__ import annotations
