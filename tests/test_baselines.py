@@ -1,10 +1,10 @@
 """Tests for protego_nb.protect.baselines (OPOM, Fawkes-style, LowKey-style) on tiny stand-in models."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from fakes import TinyFR
 from scipy.optimize import minimize
 
 from protego_nb import study
@@ -14,24 +14,6 @@ from protego_nb.protect import train as T
 torch.set_num_threads(1)
 S = 32  # canvas side
 EPS = 16 / 255
-
-
-class TinyFR(torch.nn.Module):
-    """Stand-in FR model with the zoo's forward signature: (canvas [B,3,H,W], landmarks [B,5,2]) -> [B, D]."""
-
-    def __init__(self, seed: int, name: str, dim: int = 16):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.c1 = torch.nn.Conv2d(3, 8, 5, stride=2)
-        self.c2 = torch.nn.Conv2d(8, dim, 3, stride=2)
-        for p in self.parameters():
-            p.data = torch.randn(p.shape, generator=g) * 0.3
-            p.requires_grad_(False)
-        self.spec = SimpleNamespace(name=name, metric="cosine")
-
-    def forward(self, x, lm):
-        h = self.c2(torch.tanh(self.c1(x - 0.5)))
-        return h.mean((2, 3)) + 0.01 * (lm.flatten(1)[:, :1] / x.shape[-1])
 
 
 MODELS = {"a": TinyFR(1, "a"), "b": TinyFR(2, "b")}

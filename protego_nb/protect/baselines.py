@@ -62,7 +62,8 @@ import torch.nn.functional as F
 
 from . import losses
 from .texture import FlatWarp, init_texture
-from .train import TrainConfig, clean_features, surrogate_names
+from .train import TrainConfig, clean_features
+from .train import _as_dict as _models
 
 __all__ = [
     "BASELINES",
@@ -104,14 +105,6 @@ def per_image_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         )
     smap = kornia.metrics.ssim(x, y.to(x.dtype), window_size=11, max_val=1.0, eps=0.0, padding="valid")
     return smap.mean((1, 2, 3))
-
-
-def _models(surrogates: Mapping[str, nn.Module] | Sequence[nn.Module]) -> dict[str, nn.Module]:
-    names = surrogate_names(surrogates)
-    models = list(surrogates.values()) if isinstance(surrogates, Mapping) else list(surrogates)
-    if not models:
-        raise ValueError("at least one surrogate model is needed")
-    return dict(zip(names, models))
 
 
 def _check_faces(x: torch.Tensor, lm: torch.Tensor, what: str) -> None:
