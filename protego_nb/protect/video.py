@@ -137,10 +137,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     p = _run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "info", "-i", str(path), "-map", "0:V:0?",
               "-c", "copy", "-f", "null", "-"])
     err = p.stderr
-    if "moov atom not found" in err:
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if "moov atom not found" in err and head[4:8] in (b"ftyp", b"mdat", b"free", b"wide"):
         raise VideoError(path, "truncated", "truncated: the file ends before its index (moov atom); "
                                             "no frame can be decoded")
-    if "Error opening input" in err or "Invalid data found when processing input" in err and "Stream #" not in err:
+    if "Error opening input" in err or "moov atom not found" in err or \
+            ("Invalid data found when processing input" in err and "Stream #" not in err):
         raise VideoError(path, "not_a_video", "not a video container (ffmpeg cannot open it)")
     streams = [ln for ln in err.splitlines() if re.match(r"\s*Stream #0:\d+", ln)]
     video = [s for s in streams if ": Video:" in s and "(attached pic)" not in s]
