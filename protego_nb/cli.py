@@ -185,10 +185,10 @@ def _check_dir_creatable(d: Path, what: str = "output folder") -> None:
         raise UsageError(f"{d}: cannot create the {what} (permission denied in {parent})")
 
 
-def _check_output_file(f: Path, flag: str) -> None:
+def _check_output_file(f: Path, flag: str, example: str = "out") -> None:
     """``f`` can be written as a file (not a folder; its folder exists or can be created)."""
     if f.is_dir():
-        raise UsageError(f"{flag} {f}: is a folder; give a file name (e.g. {f / 'out'}{f.suffix or ''})")
+        raise UsageError(f"{flag} {f}: is a folder; give a file name (e.g. {f / example})")
     if f.exists() and not os.access(f, os.W_OK) and not os.access(f.parent, os.W_OK):
         raise UsageError(f"{flag} {f}: not writable")
     _check_dir_creatable(f.parent if str(f.parent) else Path("."), f"folder of {flag}")
@@ -222,7 +222,7 @@ def _check_checkpoint(path: Path) -> None:
         except (ValueError, OSError, RuntimeError) as exc:
             raise UsageError(f"--checkpoint {path}: not a usable training checkpoint "
                              f"({str(exc).removeprefix(f'{path}: ')})") from exc
-    _check_output_file(path, "--checkpoint")
+    _check_output_file(path, "--checkpoint", "train.ckpt")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -230,7 +230,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not src.is_dir():
         raise UsageError(f"{src}: not a folder of photos")
     out = Path(args.output)
-    _check_output_file(out, "-o")
+    _check_output_file(out, "-o", "me.ppt")
     if args.checkpoint:
         _check_checkpoint(Path(args.checkpoint))
     if args.epochs is not None and args.epochs < 1:
@@ -494,7 +494,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads {args.threads} must be >= 1")
     _check_dir_creatable(outdir)
     if args.report:
-        _check_output_file(Path(args.report), "--report")
+        _check_output_file(Path(args.report), "--report", "report.json")
     device = _check_device(args.device)
 
     from .protect import media
