@@ -265,6 +265,18 @@ def test_train_warns_about_several_people(tmp_path, capsys):
                    "mobilefacenet", "--epochs", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0 and "do not look like one person" in err, err
+    group = np.full((300, 560, 3), 110, np.uint8)  # a group photo among photos of the owner
+    group[25:275, 15:265] = images.load_rgb(lfw(OWNER, 4))
+    group[25:275, 295:545] = images.load_rgb(lfw("Aaron_Eckhart", 1))
+    own = tmp_path / "own"
+    own.mkdir()
+    for k in (1, 2, 3):
+        (own / f"{k}.jpg").write_bytes(lfw(OWNER, k).read_bytes())
+    Image.fromarray(group).save(own / "group.png")
+    rc = cli.main(["train", str(own), "-o", str(tmp_path / "o.ppt"), "--preset", "ci", "--surrogates",
+                   "mobilefacenet", "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "group.png: 2 faces" in err, err
 
 
 def test_cli_subprocess_is_quiet_and_one_line(trained, tmp_path):
