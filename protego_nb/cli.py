@@ -130,13 +130,19 @@ class _QuietNativeStderr:
         self._file = tempfile.TemporaryFile()
         os.dup2(self._file.fileno(), 2)
         self._py = sys.stderr
-        sys.stderr = open(self._saved, "w", closefd=False, buffering=1)  # noqa: SIM115 - closed in __exit__
+        try:
+            on_fd2 = sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):  # a captured or replaced stream: leave it alone
+            on_fd2 = False
+        if on_fd2:
+            sys.stderr = open(self._saved, "w", closefd=False, buffering=1)  # noqa: SIM115 - closed in __exit__
         return self
 
     def __exit__(self, *exc) -> None:
-        sys.stderr.flush()
-        sys.stderr.close()
-        sys.stderr = self._py
+        if sys.stderr is not self._py:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = self._py
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._file.seek(0)
@@ -199,12 +205,6 @@ def _make_dir(d: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{d}: cannot create the output folder ({exc.strerror or exc})") from exc
-
-
-def _check_writable_dir(d: Path) -> None:
-    """Check, then create, an output folder (kept for callers of the earlier API)."""
-    _check_dir_creatable(d)
-    _make_dir(d)
 
 
 # ----------------------------------------------------------------------------- train

@@ -292,11 +292,11 @@ def test_cli_subprocess_is_quiet_and_one_line(trained, tmp_path):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
-_KINDS = ("face", "noface", "corrupt", "empty", "text", "loop", "dangling", "badvideo", "infolder")
+_KINDS = ("face", "noface", "corrupt", "empty", "text", "loop", "dangling", "badvideo", "infolder", "video")
 
 
 @given(st.lists(st.sampled_from(_KINDS), min_size=1, max_size=6))
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 def test_property_mixed_batch_processes_every_good_input(trained_ppt, kinds):
     import tempfile
 
@@ -306,7 +306,7 @@ def test_property_mixed_batch_processes_every_good_input(trained_ppt, kinds):
     for i, k in enumerate(kinds):
         sub = root / f"d{i}"
         sub.mkdir()
-        p = sub / ("x.mp4" if k == "badvideo" else ("x.png" if k == "noface" else "x.jpg"))
+        p = sub / ("x.mp4" if k in ("badvideo", "video") else ("x.png" if k == "noface" else "x.jpg"))
         if k in ("face", "infolder"):
             p.write_bytes(lfw(OWNER, 4).read_bytes())
         elif k == "noface":
@@ -321,9 +321,14 @@ def test_property_mixed_batch_processes_every_good_input(trained_ppt, kinds):
             os.symlink(p, p)
         elif k == "dangling":
             os.symlink(sub / "gone.jpg", p)
+        elif k == "video":
+            import imageio_ffmpeg
+
+            subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                            "testsrc=size=64x48:rate=10", "-frames:v", "3", "-pix_fmt", "yuv420p", str(p)], check=True)
         else:
             p.write_text("not a video")
-        (good if k in ("face", "noface", "infolder") else bad).append(str(p))
+        (good if k in ("face", "noface", "infolder", "video") else bad).append(str(p))
         inputs.append(str(p) if k != "infolder" else str(sub))
     out, rep = root / "out", root / "report.json"
     with redirect_stdout(io.StringIO()) as buf:

@@ -96,6 +96,22 @@ def test_stream_loop_300_in_300_out(prot, tmp_path):
     assert out.n_frames == 300 and abs(out.duration - info.duration) < 2e-3
 
 
+def test_rotated_and_late_starting_video(prot, tmp_path):
+    seg = segment(tmp_path / "s.mp4", 10, 15)
+    ff("-display_rotation", "90", "-i", str(seg), "-c", "copy", str(tmp_path / "rot.mp4"))
+    r = prot.protect_video(tmp_path / "rot.mp4", tmp_path / "rot_out.mp4")
+    out = video.probe(tmp_path / "rot_out.mp4")
+    assert r.status == "protected" and (out.width, out.height, out.n_frames) == (48, 64, 15)  # stored upright
+    # the picture starts 0.5 s after the sound: it must still start 0.5 s after it
+    ff("-itsoffset", "0.5", "-i", str(seg), "-f", "lavfi", "-i", "sine=duration=2", "-map", "0:v", "-map", "1:a",
+       "-c:v", "copy", "-c:a", "aac", str(tmp_path / "late.mp4"))
+    assert abs(video.probe(tmp_path / "late.mp4").start - 0.5) < 1e-3
+    r = prot.protect_video(tmp_path / "late.mp4", tmp_path / "late_out.mp4")
+    out = video.probe(tmp_path / "late_out.mp4")
+    assert r.status == "protected" and abs(out.start - 0.5) < 2e-3 and abs(out.duration - 1.5) < 2e-3
+    assert abs(audio_seconds(tmp_path / "late_out.mp4") - 2.0) < 0.05
+
+
 def test_location_tag_removed_unless_keep_gps(prot, tmp_path):
     seg = segment(tmp_path / "s.mp4", 10, 5)
     src = tmp_path / "geo.mp4"

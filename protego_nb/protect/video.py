@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LOCATION_KEY", "FrameReader", "FrameWriter", "VideoError", "VideoInfo", "ffmpeg_exe", "frame_times",
-           "mux", "probe", "set_mp4_durations"]
+__all__ = ["LOCATION_KEY", "FrameReader", "FrameWriter", "VideoError", "VideoInfo", "count_packets", "ffmpeg_exe",
+           "frame_times", "mux", "probe", "set_mp4_durations"]
 
 #: Metadata keys that carry a place (removed unless the location is to be kept), matched case-insensitively.
 LOCATION_KEY = re.compile(r"location|iso6709|gps|latitude|longitude|coordinates|©xyz|\bxyz\b", re.I)
