@@ -75,18 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("protect", help="protect photos and videos with your PPT",
                        description="Protect photos (same format, full resolution) and videos (all frames, "
-                                   "audio kept). Folders expand to their photo and video files.")
+                                   "audio kept). Folders expand to their photo and video files (sub-folders "
+                                   "with --recursive).")
     q.add_argument("inputs", nargs="+", metavar="IN", help="photo or video files, or folders of them")
     q.add_argument("-r", "--recursive", action="store_true",
                    help="also search the sub-folders of folders (the outputs keep the folder structure)")
     q.add_argument("--ppt", required=True, help="your PPT file (from 'protego-nb train')")
     q.add_argument("-o", "--output-dir", required=True, help="folder for the protected files (created if needed)")
     q.add_argument("--faces", default="owner", choices=("owner", "all"),
-                   help="owner: only the face matching the PPT's owner (default); all: every face")
+                   help="owner: the faces matching the PPT's owner (default); all: every face")
     q.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 (default 95)")
     q.add_argument("--keep-metadata", action="store_true",
-                   help="keep EXIF (without GPS); default: strip EXIF/XMP, keep only the colour profile")
-    q.add_argument("--keep-gps", action="store_true", help="with --keep-metadata, keep the GPS position too")
+                   help="keep EXIF / video tags, without GPS or location; default: strip them (photos keep only "
+                        "their colour profile)")
+    q.add_argument("--keep-gps", action="store_true",
+                   help="with --keep-metadata, keep the GPS position / video location too")
     q.add_argument("--epsilon", type=parse_epsilon, help="a bound below the PPT's own (default: the PPT's)")
     q.add_argument("--detector", default="auto", choices=("auto", "mtcnn", "blazeface"),
                    help="face detector: auto (default: BlazeFace, MTCNN when BlazeFace finds no face), "
@@ -94,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--detect-every", type=int, default=10, help="videos: run face detection every N frames")
     q.add_argument("--video-codec", default="h264", choices=("h264", "lossless"),
                    help="h264 (CRF 17) or lossless (libx264rgb -qp 0, large files)")
-    q.add_argument("--overwrite", action="store_true", help="replace existing files in the output folder")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace existing files in the output folder (never an input: choose another -o)")
     q.add_argument("--report", help="also write the per-file results as JSON here (default: none)")
     q.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     q.add_argument("--threads", type=int, default=1,
