@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -277,7 +278,8 @@ def test_video_without_audio_and_not_a_video(prot, tmp_path):
     bad = p.protect_video(tmp_path / "fake.mp4", tmp_path / "fake_out.mp4")
     assert bad.status == "failed" and bad.reason == "not_a_video" and "fake.mp4" in bad.message
     assert not (tmp_path / "fake_out.mp4").exists()
-    nowhere = p.protect_video(src, tmp_path / "no" / "such" / "dir.mkv")
+    (tmp_path / "blocker").write_text("a file where the output folder would be")
+    nowhere = p.protect_video(src, tmp_path / "blocker" / "dir.mkv")
     assert nowhere.status == "failed" and nowhere.reason == "write_error"
 
 
@@ -303,3 +305,117 @@ def test_invalid_owner_embedding_is_refused(prot):
         media.Protector(prot.texture, dict(prot.meta, mode="flat"))
     with pytest.raises(ValueError, match="eps"):
         media.Protector(prot.texture, prot.meta, eps=0.5)
+
+
+# ----------------------------------------------------------------------------- issue 14 regressions
+
+
+def test_tiff_with_exif_and_gps_under_keep_metadata(prot, tmp_path):
+    img = frame(lfw_img(OWNER, 4))
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 29.0)}
+    Image.fromarray(img).save(tmp_path / "g.tif", exif=exif.tobytes())
+    for metadata in ("keep", "keep_all"):
+        p = media.Protector(prot.texture, prot.meta, metadata=metadata, detector=prot.detector)
+        r = p.protect_photo(tmp_path / "g.tif", tmp_path / f"{metadata}.tif")
+        assert r.status == "protected", r.message
+        with Image.open(tmp_path / f"{metadata}.tif") as im:
+            assert im.format == "TIFF"
+            ex = im.getexif()
+            assert ex.get(0x010F) == "TestCam" and 0x8825 not in ex  # libtiff cannot write GPS back: never kept
+    assert "gps_not_writable_in_tiff" in r.notes
+
+
+def test_rgba_keeps_its_alpha_channel(prot, tmp_path):
+    rgb = frame(lfw_img(OWNER, 4))
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :100] = 0
+    alpha[:50] = 128
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "t.png")
+    r = prot.protect_photo(tmp_path / "t.png", tmp_path / "t_out.png")
+    assert r.status == "protected", r.message
+    assert "alpha_kept" in r.notes and "alpha_composited" not in r.notes
+    with Image.open(tmp_path / "t_out.png") as im:
+        assert im.mode == "RGBA"
+        out = np.asarray(im)
+    assert (out[..., 3] == alpha).all()
+    diff = np.abs(out[..., :3].astype(int) - rgb)
+    assert 8 <= diff.max() <= 16 and (out[:, :100, :3] == rgb[:, :100]).all()
+
+
+def test_owner_twice_in_a_collage_both_protected(prot, tmp_path):
+    img = np.full((300, 560, 3), 110, np.uint8)
+    img[25:275, 15:265] = lfw_img(OWNER, 4)
+    img[25:275, 295:545] = lfw_img(OWNER, 3)
+    res = prot.protect_array(img)
+    sims = [f.similarity for f in res.faces]
+    assert len(res.faces) == 2 and min(sims) >= media.OWNER_THRESHOLDS["mobilefacenet"], sims
+    assert res.n_protected == 2
+    assert (res.image[:, 280:] != img[:, 280:]).any() and (res.image[:, :280] != img[:, :280]).any()
+    Image.fromarray(img).save(tmp_path / "c.png")
+    r = prot.protect_photo(tmp_path / "c.png", tmp_path / "c_out.png")
+    assert r.status == "protected" and len(r.warnings) == 1 and "2 faces" in r.warnings[0]
+    assert r.warnings[0].count("owner similarity") == 2
+
+
+def test_group_photo_says_which_face_was_protected(prot, tmp_path):
+    Image.fromarray(_two_faces()).save(tmp_path / "two.png")
+    r = prot.protect_photo(tmp_path / "two.png", tmp_path / "two_out.png")
+    assert r.status == "protected"
+    (w,) = r.warnings
+    assert w.startswith("2 faces") and "protected #1" in w and "left #2" in w and "not_owner" in w
+
+
+def test_write_error_counts_no_face_and_mode_follows_input(prot, tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray(frame(lfw_img(OWNER, 4))).save(src)
+    os.chmod(src, 0o644)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = prot.protect_photo(src, blocker / "a.png")
+    assert r.status == "failed" and r.reason == "write_error"
+    assert r.faces and not [f for f in r.faces if f.status == "protected"]
+    old = os.umask(0o022)
+    try:
+        ok = prot.protect_photo(src, tmp_path / "out.png")
+    finally:
+        os.umask(old)
+    assert ok.status == "protected" and (tmp_path / "out.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_malformed_owner_embedding_names_the_field(prot):
+    with pytest.raises(ValueError, match="owner_embedding is not a JSON list"):
+        media.Protector(prot.texture, dict(prot.meta, owner_embedding="[0.1, 0.2"))
+
+
+def test_symlink_loop_and_same_path_never_raise(prot, tmp_path):
+    loop = tmp_path / "loop.jpg"
+    os.symlink(loop, loop)
+    r = prot.protect_photo(loop, tmp_path / "out" / "loop.jpg")
+    assert r.status == "failed" and r.reason == "unreadable" and "loop.jpg" in r.message
+    good = tmp_path / "g.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    same = prot.protect_photo(good, tmp_path / "." / "g.png")
+    assert same.reason == "same_path" and "choose another output folder" in same.message
+
+
+def test_collect_inputs_recursive_links_and_empty_folders(tmp_path):
+    (tmp_path / "top.jpg").write_bytes(b"x")
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "s.png").write_bytes(b"x")
+    (tmp_path / "sub" / "deeper" / "d.mp4").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.jpg").write_bytes(b"x")  # the output folder is never searched
+    os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
+    flat = media.collect_inputs([tmp_path], exclude=tmp_path / "out")
+    assert [str(f.rel) for f in flat.files] == ["loop.jpg", "top.jpg"] and flat.broken_links
+    deep = media.collect_inputs([tmp_path], recursive=True, exclude=tmp_path / "out")
+    assert sorted(str(f.rel) for f in deep.files) == ["loop.jpg", "sub/deeper/d.mp4", "sub/s.png", "top.jpg"]
+    only_sub = tmp_path / "only_sub"
+    (only_sub / "inner").mkdir(parents=True)
+    (only_sub / "inner" / "x.jpg").write_bytes(b"x")
+    got = media.collect_inputs([only_sub])
+    assert not got.files and got.empty_folders == {str(only_sub): 1}
+    twice = media.collect_inputs([tmp_path / "top.jpg", tmp_path / "top.jpg"])
+    assert len(twice.files) == 1

@@ -35,16 +35,18 @@ The online stage (``reference/protego_method.md`` section 2), for one image or v
 6. ``out = round(clip(img + 255 * delta, 0, 255))``: rounded to the nearest level, **not truncated** (the
    authors' ``.mul(255).to(uint8)`` truncates, a bias of -0.5 levels). Since ``img`` is integral,
    ``|out - img| <= round(255 eps)``; pixels outside every face are bit-identical;
-7. saved in the input's format under the same file name, atomically (temporary file, ``fsync``, rename).
+7. saved in the input's format under the same file name, atomically (temporary file, ``fsync``, rename), with
+   the input's permission bits limited by the umask (:mod:`protego_nb.protect.photo`); an image with
+   transparency keeps its alpha channel unchanged (its colour channels, not composited, are protected).
 
 Which faces (``faces="owner"``, the default): when an image holds one usable face, that face is protected.
 With several, each face's canvas is embedded with the owner model (``owner_model`` in the PPT metadata, default
 ``mobilefacenet``) and compared (cosine) with the owner's reference embedding stored in the PPT metadata
 (``owner_embedding``: the renormalised mean of the owner's L2-normalised training embeddings, written by
-``protego-nb train``); the best face is protected when its similarity reaches the threshold
-(:data:`OWNER_THRESHOLDS`), all others are skipped as ``not_owner``; if no face reaches it, the image is skipped
-(``no_owner_match``). A PPT without ``owner_embedding`` falls back to the largest face, and the result says so
-(note ``owner_unknown_largest_face``). ``faces="all"`` protects every usable face.
+``protego-nb train``); every face whose similarity reaches the threshold (:data:`OWNER_THRESHOLDS`) is
+protected (the owner twice in a collage: both), all others are skipped as ``not_owner``; if no face reaches it,
+the image is skipped (``no_owner_match``). A PPT without ``owner_embedding`` falls back to the largest face, and
+the result says so (note ``owner_unknown_largest_face``). ``faces="all"`` protects every usable face.
 
 Metadata (``metadata=``): ``"strip"`` (default) writes no EXIF/XMP at all (no GPS, camera serials, dates), only
 an RGB ICC colour profile when the input had one; ``"keep"`` keeps the EXIF block minus its GPS directory;
@@ -57,13 +59,15 @@ Images without a usable face are **skipped and not written** (an unprotected cop
 could be mistaken for a protected one); the result says why.
 
 Videos (:meth:`Protector.protect_video`; the bundled ffmpeg of ``imageio-ffmpeg``): every frame is decoded
-upright and written in order at the input's size and frame rate; frames without a protected face pass
-through unchanged (counted); the audio stream is copied from the input (re-encoded to AAC only if the
-container refuses a copy). Temporal stability: MTCNN runs every ``detect_every`` frames (and whenever a track
-is lost); faces are tracked by nearest landmark centre; the 5 landmarks that place the canvas and the 468 mesh
-vertices (in image coordinates) are smoothed with a One-Euro filter (Casiez, Roussel and Vogel, "1 Euro
-Filter: A Simple Speed-based Low-pass Filter for Noisy Input in Interactive Systems", CHI 2012), so the
-texture does not flicker when the face is still and follows it without lag when it moves; MediaPipe's
+upright and written once, in order, with its own timestamp, at the input's size (variable frame rates are
+kept exactly; :mod:`protego_nb.protect.video`); frames without a protected face pass through unchanged
+(counted); the audio stream is copied from the input (re-encoded to AAC only if the container refuses a copy)
+and stays in sync. Location tags are removed unless ``metadata="keep_all"``; a file cut short is protected up
+to its last decodable frame with a warning. Temporal stability: MTCNN runs every ``detect_every`` frames (and
+whenever a track is lost); faces are tracked by nearest landmark centre; the 5 landmarks that place the
+canvas and the 468 mesh vertices (in image coordinates) are smoothed with a One-Euro filter (Casiez, Roussel
+and Vogel, "1 Euro A Simple Speed-based Low-pass Filter for Noisy Input in Interactive Systems", CHI 2012; the time step is the
+real gap between frames), so the texture does not flicker when the face is still and follows it without lag when it moves; MediaPipe's
 face mesh runs in video (tracking) mode per track. Default ``smoothing=(min_cutoff 0.5 Hz, beta 0.2 s/px)``,
 chosen on a synthetic track (25 FPS, i.i.d. 1-px noise per vertex, mean absolute error to the true position
 after 2 s; raw error 0.80 px): (1.0, 0.02) gave 0.29 / 3.23 / 5.02 px at 0 / 90 / 300 px/s (lags when the
@@ -74,11 +78,10 @@ face moves), (1.0, 0.1) 0.37 / 1.18 / 1.44, (0.5, 0.2) 0.42 / 0.89 / 0.98, (0.3,
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import subprocess
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -92,8 +95,9 @@ import torch
 
 from ..faces import align
 from ..faces.detect import MIN_BOX_SIZE, MIN_EYE_DISTANCE, Detection, FaceDetector, make_canvas
-from ..faces.images import ImageError, decode_rgb, read_bytes
-from ..report import atomic_write_bytes
+from ..faces.images import ImageError
+from . import photo as _photo
+from . import video as _video
 
 __all__ = [
     "OWNER_THRESHOLDS",
@@ -104,7 +108,12 @@ __all__ = [
     "OneEuroFilter",
     "ProtectResult",
     "Protector",
+    "InputFile",
+    "InputSet",
+    "collect_inputs",
     "expand_inputs",
+    "face_embeddings",
+    "unlike_the_rest",
     "media_kind",
     "owner_embedding",
     "paste_perturbation",
@@ -113,7 +122,6 @@ __all__ = [
 #: File extension -> Pillow format written for photos (the output keeps the input's actual format).
 PHOTO_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
-_WRITABLE = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"}
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 
 #: Cosine threshold of the owner check per model (``benchmarks/bench_protect.py --owner-thresholds``). On 400 LFW pairs (``pairs.txt``, 40 per fold,
@@ -162,7 +170,8 @@ class ProtectResult:
     """What happened to one input file.
 
     ``status``: ``protected`` (output written), ``skipped`` (nothing to protect; no output, ``reason`` says
-    why) or ``failed`` (``reason`` and ``message`` name the problem). Videos also count frames.
+    why) or ``failed`` (``reason`` and ``message`` name the problem). ``warnings``: sentences for the user
+    (several faces and which were protected, a truncated video, ...). Videos also count frames.
     """
 
     input: str
@@ -174,6 +183,7 @@ class ProtectResult:
     faces: list[FaceOutcome] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     frames: int = 0
     frames_protected: int = 0
     frames_without_face: int = 0
@@ -271,22 +281,125 @@ def media_kind(path: str | os.PathLike) -> str:
     return "video" if Path(path).suffix.lower() in VIDEO_EXTENSIONS else "photo"
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
-    """Files named directly are kept; folders expand to their photo and video files (sorted, not recursive,
-    hidden files left out). Returns ``(files, ignored)``, ``ignored`` the folder entries without a media extension."""
-    files: list[Path] = []
-    ignored: list[Path] = []
+@dataclass
+class InputFile:
+    """One input: its ``path``, its path ``rel`` below the folder it was found in (just the name for a file
+    named directly) and that folder ``base`` (the file's own folder for a file named directly)."""
+
+    path: Path
+    rel: Path
+    base: Path
+
+
+@dataclass
+class InputSet:
+    """:func:`collect_inputs`' answer: the files, the folder entries ignored (no media extension), the
+    broken links found in folders, and per folder argument that yielded nothing the number of sub-folders
+    that were not searched."""
+
+    files: list[InputFile] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    broken_links: list[Path] = field(default_factory=list)
+    empty_folders: dict[str, int] = field(default_factory=dict)
+
+
+def _is_within(p: Path, folder: Path) -> bool:
+    try:
+        p.resolve().relative_to(folder.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False,
+                   exclude: str | os.PathLike | None = None) -> InputSet:
+    """Expand the command line's inputs.
+
+    Files named directly are kept as given (even without a media extension: they fail cleanly if they are
+    no photo); the same file named twice is kept once. Folders expand to their photo and video files
+    (sorted; hidden files and folders left out; sub-folders only with ``recursive``, never following
+    symlinked folders, never entering ``exclude``, the output folder). A symlink in a folder that points
+    nowhere (dangling or a loop) is listed as a file, so that it is reported instead of silently dropped."""
+    out = InputSet()
     known = set(PHOTO_FORMATS) | set(VIDEO_EXTENSIONS)
+    seen: set[str] = set()
+    excl = Path(exclude) if exclude is not None else None
+
+    def add(path: Path, rel: Path, base: Path) -> None:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            out.files.append(InputFile(path, rel, base))
+
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            for child in sorted(p.iterdir()):
-                if child.name.startswith(".") or not child.is_file():
+        if not p.is_dir():
+            add(p, Path(p.name), p.parent)
+            continue
+        found, subdirs = 0, 0
+        stack = [p]
+        while stack:
+            folder = stack.pop(0)
+            try:
+                children = sorted(folder.iterdir())
+            except OSError:
+                continue
+            for child in children:
+                if child.name.startswith("."):
                     continue
-                (files if child.suffix.lower() in known else ignored).append(child)
-        else:
-            files.append(p)
-    return files, ignored
+                if child.is_dir():
+                    if child.is_symlink() or (excl is not None and _is_within(child, excl)):
+                        continue
+                    subdirs += 1
+                    if recursive:
+                        stack.append(child)
+                    continue
+                if not child.is_file():
+                    if child.is_symlink():
+                        out.broken_links.append(child)
+                        if child.suffix.lower() in known:
+                            add(child, child.relative_to(p), p)
+                            found += 1
+                    continue
+                if child.suffix.lower() in known:
+                    add(child, child.relative_to(p), p)
+                    found += 1
+                else:
+                    out.ignored.append(child)
+        if not found:
+            out.empty_folders[str(p)] = 0 if recursive else subdirs
+    return out
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """Files named directly are kept; folders expand to their photo and video files (sorted, not recursive
+    unless ``recursive``, hidden files left out). Returns ``(files, ignored)``, ``ignored`` the folder entries
+    without a media extension (see :func:`collect_inputs` for the details)."""
+    got = collect_inputs(inputs, recursive=recursive)
+    return [f.path for f in got.files], got.ignored
+
+
+@torch.no_grad()
+def face_embeddings(model: torch.nn.Module, canvases: torch.Tensor, landmarks: torch.Tensor,
+                    batch_size: int = 16) -> np.ndarray:
+    """L2-normalised embeddings ``float32 [n, d]`` of the canvases with ``model``."""
+    chunks = []
+    for i in range(0, canvases.shape[0], batch_size):
+        e = model(canvases[i : i + batch_size], landmarks[i : i + batch_size]).float()
+        chunks.append(torch.nn.functional.normalize(e, dim=1))
+    return torch.cat(chunks).cpu().numpy()
+
+
+def unlike_the_rest(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+    """``bool [n]``: faces whose median cosine similarity to the other faces is below ``threshold``, i.e. that
+    do not look like the same person as the rest (all of them when the faces are of several people)."""
+    e = np.asarray(embeddings, np.float64)
+    n = e.shape[0]
+    if n < 2:
+        return np.zeros(n, bool)
+    sim = e @ e.T
+    med = np.array([np.median(np.delete(sim[i], i)) for i in range(n)])
+    return med < threshold
 
 
 @torch.no_grad()
@@ -299,19 +412,6 @@ def owner_embedding(model: torch.nn.Module, canvases: torch.Tensor, landmarks: t
         chunks.append(torch.nn.functional.normalize(e, dim=1))
     mean = torch.cat(chunks).mean(0)
     return torch.nn.functional.normalize(mean, dim=0).cpu().numpy()
-
-
-def _rgb_icc(icc: bytes | None) -> bytes | None:
-    """The ICC profile if it describes an RGB colour space (a CMYK or gray profile must not tag RGB pixels)."""
-    if not icc:
-        return None
-    try:
-        from PIL import ImageCms
-
-        prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        return icc if prof.profile.xcolor_space.strip() == "RGB" else None
-    except Exception:
-        return None
 
 
 # ----------------------------------------------------------------------------- the protector
@@ -378,9 +478,12 @@ class Protector:
         self.owner_threshold = owner_threshold if owner_threshold is not None else OWNER_THRESHOLDS.get(
             self.owner_model, 0.4)
         emb = meta.get("owner_embedding")
-        if isinstance(emb, str):
-            emb = json.loads(emb)
-        self.owner_ref = None if emb is None else np.asarray(emb, np.float32)
+        try:
+            if isinstance(emb, str):
+                emb = json.loads(emb)
+            self.owner_ref = None if emb is None else np.asarray(emb, np.float32)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"owner_embedding is not a JSON list of numbers ({type(exc).__name__}: {exc})") from exc
         if self.owner_ref is not None:
             from ..models import zoo
 
@@ -464,16 +567,10 @@ class Protector:
                 timings["owner_check"] = time.perf_counter() - t
                 for k, s in zip(usable, sims):
                     outcomes[k].similarity = round(float(s), 4)
-                best = int(np.argmax(sims))
-                if sims[best] >= self.owner_threshold:
-                    chosen = [usable[best]]
-                    for k in usable:
-                        if k != usable[best]:
-                            outcomes[k].reason = "not_owner"
-                else:
-                    chosen = []
-                    for k in usable:
-                        outcomes[k].reason = "no_owner_match"
+                chosen = [k for k, s in zip(usable, sims) if s >= self.owner_threshold]
+                for k in usable:
+                    if k not in chosen:
+                        outcomes[k].reason = "not_owner" if chosen else "no_owner_match"
         return chosen, outcomes, [canv.get(k) for k in range(len(outcomes))]  # type: ignore[misc]
 
     def detect(self, img: np.ndarray) -> list[Detection]:
@@ -564,69 +661,65 @@ class Protector:
 
     # ------------------------------------------------------------------ photos
 
-    def _encode(self, arr: np.ndarray, fmt: str, info: dict[str, Any], exif: Any) -> bytes:
-        from PIL import Image
+    def _encode(self, arr: np.ndarray, fmt: str, info: dict[str, Any], exif: Any,
+                alpha: np.ndarray | None = None, notes: list[str] | None = None) -> bytes:
+        return _photo.encode_photo(arr, alpha, fmt, info, exif, self.metadata, self.jpeg_quality, notes)
 
-        im = Image.fromarray(arr, "RGB")
-        kw: dict[str, Any] = {}
-        icc = _rgb_icc(info.get("icc_profile"))
-        if icc:
-            kw["icc_profile"] = icc
-        if exif is not None and self.metadata != "strip" and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-            exif[0x0112] = 1  # pixels are stored upright
-            if self.metadata == "keep" and 0x8825 in exif:
-                del exif[0x8825]  # the GPS directory
-            kw["exif"] = exif.tobytes()
-        buf = io.BytesIO()
-        if fmt in ("JPEG", "MPO"):
-            im.save(buf, "JPEG", quality=self.jpeg_quality, subsampling=0, **kw)
-        elif fmt == "WEBP":
-            im.save(buf, "WEBP", lossless=True, **kw)
-        elif fmt == "PNG":
-            im.save(buf, "PNG", compress_level=6, **kw)
-        elif fmt == "TIFF":
-            im.save(buf, "TIFF", compression="tiff_lzw", **kw)
-        else:
-            im.save(buf, fmt)
-        return buf.getvalue()
+    @staticmethod
+    def _face_warning(r: ProtectResult, faces: str, notes: list[str]) -> None:
+        """A sentence for photos with several faces: which were protected, which left and why."""
+        if len(r.faces) < 2:
+            return
+        order = sorted(range(len(r.faces)), key=lambda k: r.faces[k].box[0])
+
+        def desc(k: int) -> str:
+            f = r.faces[k]
+            x0, y0, x1, y1 = (round(v) for v in f.box)
+            sim = "" if f.similarity is None else f", owner similarity {f.similarity:.2f}"
+            why = "" if f.status == "protected" else f", {f.reason or 'not protected'}"
+            return f"#{order.index(k) + 1} at x {x0}..{x1}, y {y0}..{y1}{sim}{why}"
+
+        prot = [desc(k) for k in order if r.faces[k].status == "protected"]
+        left = [desc(k) for k in order if r.faces[k].status != "protected"]
+        msg = f"{len(r.faces)} faces (numbered left to right): protected {'; '.join(prot) or 'none'}"
+        if left:
+            msg += f"; left {'; '.join(left)}"
+        if "owner_unknown_largest_face" in notes:
+            msg += " (the PPT holds no owner embedding: only the largest face was protected)"
+        r.warnings.append(msg)
 
     def protect_photo(self, src: str | os.PathLike, dst: str | os.PathLike) -> ProtectResult:
         """Protect one photo file into ``dst`` (same format); never raises for a bad input (see ``status``)."""
-        from PIL import Image
-
         src, dst = Path(src), Path(dst)
         r = ProtectResult(str(src), "photo", "failed")
         t0 = time.perf_counter()
+        if _same_file(src, dst):
+            r.reason = "same_path"
+            r.message = f"{src}: the output would replace the input; choose another output folder (-o)"
+            return r
         try:
-            if src.resolve() == dst.resolve():
-                r.reason, r.message = "same_path", f"{src}: the output would overwrite the input"
-                return r
-            data = read_bytes(src)
-            img, notes = decode_rgb(data, src)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt = im.format or ""
-                info = dict(im.info)
-                try:
-                    exif = im.getexif()
-                except Exception:
-                    exif = None
+            ph = _photo.read_photo(src)
         except ImageError as exc:
             r.reason, r.message = exc.reason, exc.message
             return r
+        except Exception as exc:  # anything else a decoder may throw stays with this file
+            r.reason, r.message = "corrupt", f"{src}: {type(exc).__name__}: {exc}"
+            return r
         r.timings["decode"] = time.perf_counter() - t0
-        r.notes = list(notes)
-        if fmt not in _WRITABLE:
+        r.notes = list(ph.notes)
+        if not _photo.writable(ph.format):
             r.reason = "unsupported_format"
-            r.message = f"{src}: {fmt or 'this'} images cannot be written back in the same format " \
+            r.message = f"{src}: {ph.format or 'this'} images cannot be written back in the same format " \
                         f"(supported: JPEG, PNG, WebP, TIFF, BMP)"
             return r
         try:
-            fr = self.protect_array(img)
+            fr = self.protect_array(ph.rgb)
         except Exception as exc:  # a detector/mesh error on one image must not stop a batch
             r.reason, r.message = "protect_error", f"{src}: {type(exc).__name__}: {exc}"
             return r
         r.timings.update(fr.timings)
         r.faces, r.notes = fr.faces, r.notes + fr.notes
+        self._face_warning(r, self.faces, fr.notes)
         if fr.n_protected == 0:
             r.status = "skipped"
             reasons = sorted({f.reason for f in fr.faces if f.reason})
@@ -636,19 +729,33 @@ class Protector:
             return r
         t = time.perf_counter()
         try:
-            payload = self._encode(fr.image, fmt, info, exif)
-            r.timings["encode"] = time.perf_counter() - t
-            t = time.perf_counter()
-            atomic_write_bytes(dst, payload)
-            r.timings["write"] = time.perf_counter() - t
-        except OSError as exc:
-            r.reason, r.message = "write_error", f"{dst}: cannot write the output ({exc})"
+            payload = self._encode(fr.image, ph.format, ph.info, ph.exif, ph.alpha, r.notes)
+        except Exception as exc:
+            self._unprotect(r, "not_written")
+            r.reason, r.message = "encode_error", f"{dst}: cannot encode the output ({type(exc).__name__}: {exc})"
             return r
+        r.timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _photo.write_file(dst, payload, _photo.output_mode(src))
+        except OSError as exc:
+            self._unprotect(r, "not_written")
+            r.reason, r.message = "write_error", f"{dst}: cannot write the output ({exc.strerror or exc})"
+            return r
+        r.timings["write"] = time.perf_counter() - t
         r.status, r.output = "protected", str(dst)
         if self.metadata == "strip":
             r.notes.append("metadata_stripped")
         r.timings["total"] = time.perf_counter() - t0
         return r
+
+    @staticmethod
+    def _unprotect(r: ProtectResult, reason: str) -> None:
+        """The output was not written: no face of it counts as protected."""
+        for f in r.faces:
+            if f.status == "protected":
+                f.status, f.reason = "skipped", reason
 
     def protect_path(self, src: str | os.PathLike, dst: str | os.PathLike) -> ProtectResult:
         """Photo or video by extension (anything else is tried as a photo and fails cleanly if it is none)."""
@@ -656,112 +763,118 @@ class Protector:
 
     # ------------------------------------------------------------------ videos
 
-    def _ffmpeg(self) -> str:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-
     def protect_video(self, src: str | os.PathLike, dst: str | os.PathLike, progress: bool = False) -> ProtectResult:
-        """Protect every frame of a video into ``dst`` (same container by extension), audio copied."""
-        import imageio_ffmpeg
-
+        """Protect every frame of a video into ``dst`` (container by extension), timestamps and audio kept."""
         src, dst = Path(src), Path(dst)
         r = ProtectResult(str(src), "video", "failed")
         t0 = time.perf_counter()
-        if not src.is_file():
-            r.reason, r.message = "missing", f"{src}: the file does not exist"
+        if _same_file(src, dst):
+            r.reason = "same_path"
+            r.message = f"{src}: the output would replace the input; choose another output folder (-o)"
             return r
-        if src.resolve() == dst.resolve():
-            r.reason, r.message = "same_path", f"{src}: the output would overwrite the input"
-            return r
-        reader = imageio_ffmpeg.read_frames(str(src), pix_fmt="rgb24")
         try:
-            meta = next(reader)
-        except (OSError, RuntimeError, StopIteration) as exc:
-            reader.close()
-            r.reason, r.message = "not_a_video", f"{src}: ffmpeg cannot read it as a video ({str(exc)[:300]})"
+            info = _video.probe(src)
+        except _video.VideoError as exc:
+            r.reason, r.message = exc.reason, exc.message
             return r
-        w, h = meta["size"]
-        fps = float(meta.get("fps") or 0) or 25.0
-        has_audio = bool(meta.get("audio_codec"))
-        r.audio = has_audio
+        r.audio = info.has_audio
         try:
-            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
         except OSError as exc:
-            reader.close()
-            r.reason, r.message = "write_error", f"{dst}: cannot write the output ({exc})"
+            r.reason, r.message = "write_error", f"{dst}: cannot write the output ({exc.strerror or exc})"
             return r
-        video_only = tmp_dir / f"video{dst.suffix}"
-        muxed = tmp_dir / f"muxed{dst.suffix}"
-        if self.video_codec == "lossless":
-            codec, pix_out, params = "libx264rgb", "rgb24", ["-qp", "0", "-preset", "ultrafast"]
-        else:
-            pix_out = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
-            codec, params = "libx264", ["-crf", str(self.video_crf), "-preset", "veryfast"]
-        writer = imageio_ffmpeg.write_frames(str(video_only), (w, h), fps=fps, codec=codec, pix_fmt_out=pix_out,
-                                             quality=None, macro_block_size=1, output_params=params,
-                                             ffmpeg_log_level="error")
+        encoded, muxed = tmp_dir / "video.mp4", tmp_dir / f"muxed{dst.suffix}"
         stage: dict[str, float] = {}
-        tracker = _VideoTracker(self, dt=1.0 / fps)
+        tracker = _VideoTracker(self)
+        reader = writer = None
+        times = [float(p * info.time_base) for p in info.pts]
         try:
-            writer.send(None)  # starts ffmpeg (inside the try: a failure here is reported, not raised)
+            reader = _video.FrameReader(src, info.width, info.height, tmp_dir / "decode.log")
+            writer = _video.FrameWriter(encoded, info.width, info.height, info.mean_fps, codec=self.video_codec,
+                                        crf=self.video_crf, log=tmp_dir / "encode.log")
             from tqdm.auto import tqdm
 
-            for raw in tqdm(reader, desc=src.name, unit="frame", disable=not progress, leave=False):
-                frame = np.frombuffer(raw, np.uint8).reshape(h, w, 3)
-                out, n_prot = tracker.step(frame, stage)
+            for k, frame in enumerate(tqdm(reader, total=info.n_frames, desc=src.name, unit="frame",
+                                           disable=not progress, leave=False)):
+                dt = times[k] - times[k - 1] if 0 < k < len(times) else 1.0 / info.mean_fps
+                out, n_prot = tracker.step(frame, stage, max(dt, 1e-3))
                 r.frames += 1
                 if n_prot:
                     r.frames_protected += 1
                 else:
                     r.frames_without_face += 1
                 t = time.perf_counter()
-                writer.send(np.ascontiguousarray(out))
+                try:
+                    writer.write(out)
+                except BrokenPipeError:
+                    break
                 stage["encode"] = stage.get("encode", 0.0) + time.perf_counter() - t
-            writer.close()
             reader.close()
+            if writer.close() != 0:
+                raise RuntimeError(f"the encoder failed: {_video._last_line(_read_text(tmp_dir / 'encode.log'))}")
+            if r.frames != info.n_frames:
+                raise RuntimeError(f"decoded {r.frames} frames, but the first pass found {info.n_frames}")
             t = time.perf_counter()
-            self._mux(video_only, src, muxed, has_audio)
+            tb = info.time_base
+            _video.set_mp4_durations(encoded, [d * tb.numerator for d in info.durations], tb.denominator)
+            r.notes += _video.mux(encoded, src, muxed, info, self.metadata)
+            n_out = _video.count_packets(muxed)
+            if n_out != info.n_frames:
+                raise RuntimeError(f"the output holds {n_out} frames instead of {info.n_frames}")
             stage["mux"] = time.perf_counter() - t
+            os.chmod(muxed, _photo.output_mode(src))
             os.replace(muxed, dst)
         except Exception as exc:
-            r.reason, r.message = "video_error", f"{src}: {type(exc).__name__}: {str(exc)[:500]}"
+            r.reason = "video_error"
+            r.message = f"{src}: {type(exc).__name__}: {_video._last_line(str(exc))}"
+            r.frames_protected = 0
             return r
         finally:
-            for c in (writer, reader):
-                try:
-                    c.close()
-                except Exception:
-                    pass
+            for c in (reader, writer):
+                if c is not None:
+                    try:
+                        c.kill() if isinstance(c, _video.FrameWriter) else c.close()
+                    except Exception:
+                        pass
             tracker.close()
-            for f in tmp_dir.glob("*"):
-                f.unlink(missing_ok=True)
-            tmp_dir.rmdir()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
         r.status, r.output = "protected", str(dst)
         r.timings = dict(stage)
         r.timings["total"] = time.perf_counter() - t0
-        r.notes.append(f"fps={fps:g}")
+        r.notes.append(f"fps={info.mean_fps:.4g}")
+        if len(set(info.durations[:-1])) > 1:
+            r.notes.append("variable_frame_rate")
         r.notes.append(f"detections={tracker.detections}")
+        if self.metadata == "strip":
+            r.notes.append("metadata_stripped")
+        if "truncated" in info.warnings:
+            r.notes.append("truncated")
+            r.warnings.append(f"the file is cut short: protected its {info.n_frames} decodable frames "
+                              f"({info.duration:.2f} s); the rest could not be read")
+        elif "decode_errors" in info.warnings:
+            r.notes.append("decode_errors")
+            r.warnings.append(f"ffmpeg reported damaged data; protected the {info.n_frames} frames it could decode")
         if r.frames_protected == 0:
             r.notes.append("no_face_in_any_frame")
         return r
 
-    def _mux(self, video: Path, src: Path, out: Path, has_audio: bool) -> None:
-        """Video stream of ``video`` + audio of ``src`` -> ``out`` (audio copied, else AAC)."""
-        meta = ["-map_metadata", "-1"] if self.metadata == "strip" else ["-map_metadata", "1"]
-        base = [self._ffmpeg(), "-y", "-v", "error", "-i", str(video), "-i", str(src), "-map", "0:v:0"]
-        if not has_audio:
-            cmds = [base + ["-c:v", "copy"] + meta + [str(out)]]
-        else:
-            cmds = [base + ["-map", "1:a?", "-c:v", "copy", "-c:a", a] + meta + [str(out)]
-                    for a in ("copy", "aac")]
-        err = ""
-        for cmd in cmds:
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode == 0:
-                return
-            err = p.stderr.strip()[-500:]
-        raise RuntimeError(f"ffmpeg could not mux the output: {err}")
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _same_file(src: Path, dst: Path) -> bool:
+    """Whether writing ``dst`` would replace ``src`` (symlink loops and missing files never raise)."""
+    try:
+        if dst.exists() and src.exists() and os.path.samefile(src, dst):
+            return True
+    except OSError:
+        pass
+    return os.path.realpath(src) == os.path.realpath(dst)
 
 
 @dataclass
@@ -776,9 +889,9 @@ class _Track:
 class _VideoTracker:
     """Per-video state: tracks (smoothed landmarks, smoothed mesh, MediaPipe in video mode)."""
 
-    def __init__(self, prot: Protector, dt: float) -> None:
+    def __init__(self, prot: Protector) -> None:
         self.p = prot
-        self.dt = dt
+        self.dt = 0.04
         self.tracks: list[_Track] = []
         self.frame_index = 0
         self.detections = 0
@@ -824,8 +937,10 @@ class _VideoTracker:
                 tr.mesh.close()
         self.tracks = tracks
 
-    def step(self, frame: np.ndarray, stage: dict[str, float]) -> tuple[np.ndarray, int]:
-        """Protect one frame; returns ``(frame out, number of faces protected)``."""
+    def step(self, frame: np.ndarray, stage: dict[str, float], dt: float | None = None) -> tuple[np.ndarray, int]:
+        """Protect one frame shown ``dt`` seconds after the previous one; returns ``(frame out, faces protected)``."""
+        if dt is not None:
+            self.dt = float(dt)
         if (self.frame_index % self.p.detect_every == 0 or not self.tracks
                 or any(tr.lost for tr in self.tracks)):
             self._detect(frame, stage)
