@@ -483,8 +483,10 @@ def evaluate(
     device: str = "cpu",
     protect_others: bool = True,
     include_others: bool = True,
+    per_query: bool = False,
 ):
-    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``."""
+    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``
+    (``per_query=True``: one row per query instead of per user)."""
     import pandas as pd
 
     from .models import zoo
@@ -497,7 +499,8 @@ def evaluate(
             f = features_for(model, name, faces, distractors, prots, device=device, method=method)
             rows.append(
                 retrieval.evaluate_users(
-                    f, split, scenarios=scenarios, metric=metric, users=users, protect_others=protect_others
+                    f, split, scenarios=scenarios, metric=metric, users=users, protect_others=protect_others,
+                    per_query=per_query,
                 )
             )
     return pd.concat(rows, ignore_index=True)
