@@ -156,7 +156,7 @@ def test_recall_by_bin_one_row_per_method_scenario_bin_and_counts_add_up():
     df = _rows()
     t = P.recall_by_bin(df, [0, 10, 25, 90], n_boot=300)
     assert len(t) == 2 * 4  # 2 methods x (3 bins + all)
-    for m, g in t.groupby("method"):
+    for _, g in t.groupby("method"):
         bins = g[g["bin"] != "all"]
         assert bins["n_queries"].sum() == g[g["bin"] == "all"]["n_queries"].item() == 60
         assert (bins["ci_lo"] <= bins["recall"] + 1e-9).all() and (bins["recall"] <= bins["ci_hi"] + 1e-9).all()

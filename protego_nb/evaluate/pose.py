@@ -295,7 +295,7 @@ def paired_difference(
     right = rows[rows["method"] == b].set_index(key)
     if left.empty or right.empty:
         raise ValueError(f"no rows for method {a!r} or {b!r} (have {sorted(set(rows['method']))})")
-    both = left[[value, "bin_index", "abs_yaw"]].join(right[[value]], rsuffix="_b", how="inner").reset_index()
+    both = left[[value, "bin_index", "abs_yaw"]].join(right[[value]].add_suffix("_b"), how="inner").reset_index()
     both["diff"] = both[value] - both[f"{value}_b"]
     users = sorted(set(both["user"])) if users is None else list(users)
     w = bootstrap_weights(len(users), n_boot, seed)
@@ -332,23 +332,23 @@ def yaw_slope(
         g = g[np.isfinite(g[value]) & np.isfinite(g["abs_yaw"])]
         idx = np.array([pos[u] for u in g["user"]], dtype=np.int64)
         x, y = g["abs_yaw"].to_numpy(float), 100 * g[value].to_numpy(float)
-        stats = [np.bincount(idx, weights=t, minlength=len(users)) for t in (np.ones_like(x), x, y, x * x, x * y)]
-        n, sx, sy, sxx, sxy = (stats_i[None, :] for stats_i in stats)
-
-        def slope(wt: np.ndarray) -> np.ndarray:
-            N, X, Y = (wt * n).sum(1), (wt * sx).sum(1), (wt * sy).sum(1)
-            XX, XY = (wt * sxx).sum(1), (wt * sxy).sum(1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return per_deg * (XY - X * Y / N) / (XX - X * X / N)
-
-        point = float(slope(np.ones((1, len(users))))[0]) if len(x) > 1 else float("nan")
-        boots = slope(w)
+        stats = np.stack([np.bincount(idx, weights=t, minlength=len(users))
+                          for t in (np.ones_like(x), x, y, x * x, x * y)])
+        point = float(_slope(np.ones((1, len(users))), stats, per_deg)[0]) if len(x) > 1 else float("nan")
+        boots = _slope(w, stats, per_deg)
         boots = boots[np.isfinite(boots)]
         a = (1 - level) / 2
         lo, hi = (float(q) for q in np.quantile(boots, [a, 1 - a])) if len(boots) else (float("nan"),) * 2
         out.append({"model": model, "method": method, "scenario": scenario, "slope_per_10deg": point,
                     "ci_lo": lo, "ci_hi": hi, "n_queries": int(len(x))})
     return pd.DataFrame(out)
+
+
+def _slope(wt: np.ndarray, stats: np.ndarray, per_deg: float) -> np.ndarray:
+    """OLS slopes for user weights ``wt [B, U]`` from per-user sums ``stats [5, U]`` (n, x, y, xx, xy)."""
+    n, x, y, xx, xy = (wt @ stats.T).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return per_deg * (xy - x * y / n) / (xx - x * x / n)
 
 
 def bin_counts(abs_yaw, edges: Sequence[float]) -> Mapping[str, int]:
