@@ -179,3 +179,24 @@ def frontal_summary(variants: PoseVariants, poses: pd.DataFrame) -> pd.DataFrame
                          "max_abs_yaw": float(np.nanmax(y)) if len(y) else float("nan"),
                          "mean_abs_yaw": float(np.nanmean(y)) if len(y) else float("nan")})
     return pd.DataFrame(rows)
+
+
+def canvases_and_vertices(faces: Mapping[str, study.FaceSet]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Canvases (``uint8 [224, 224, 3]``) and mesh vertices of every user image, in :func:`image_poses` order."""
+    canv = [fs.canvases[i].canvas for fs in faces.values() for i in fs.ids]
+    verts = [mesh_vertices(fs) for fs in faces.values()]
+    return canv, (np.concatenate(verts) if verts else np.zeros((0, 468, 3), np.float32))
+
+
+def headline(
+    diffs: pd.DataFrame, model: str, scenario: str, a: str, b: str, bin_label: str | None = None
+) -> dict:
+    """One paired difference (``a - b``, points) of :func:`protego_nb.evaluate.pose.paired_difference` output,
+    for the given model, scenario and bin (default: the last, largest-|yaw| bin), as a dict."""
+    d = diffs[(diffs["model"] == model) & (diffs["scenario"] == scenario) & (diffs["a"] == a) & (diffs["b"] == b)]
+    bins = d[d["bin"] != "all"]
+    if d.empty or bins.empty:
+        raise KeyError(f"no paired difference {a} - {b} for {model} / {scenario}")
+    row = bins.iloc[-1] if bin_label is None else d[d["bin"] == bin_label].iloc[0]
+    return {k: (float(row[k]) if k in ("diff", "ci_lo", "ci_hi") else row[k])
+            for k in ("model", "scenario", "a", "b", "bin", "diff", "ci_lo", "ci_hi", "n_queries", "n_users", "effect")}

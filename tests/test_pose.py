@@ -170,7 +170,9 @@ def test_paired_difference_and_yaw_slope():
     d = P.paired_difference(df, "flat", "good", [0, 10, 25, 90], n_boot=300)
     assert list(d["bin"]) == ["0-10", "10-25", ">=25", "all"]
     far = d[d["bin"] == ">=25"].iloc[0]
-    assert far["diff"] > 30 and far["ci_lo"] > 0 and far["effect"] == "a higher"
+    assert far["diff"] > 30 and far["ci_lo"] > 0 and far["effect"] == "flat higher"
+    few = P.paired_difference(df[df["user"].isin(["u0", "u1"])], "flat", "good", [0, 10, 25, 90], n_boot=100)
+    assert few["effect"].str.startswith("too few users (").all()
     assert d["n_queries"].iloc[:3].sum() == 60
     s = P.yaw_slope(df, n_boot=300).set_index("method")
     assert s.loc["good", "slope_per_10deg"] == pytest.approx(-25.0, abs=1e-6)  # 100 points / 40 degrees x 10

@@ -287,9 +287,12 @@ def paired_difference(
     seed: int = 0,
     level: float = 0.95,
     users: Sequence[str] | None = None,
+    min_users: int = 3,
 ) -> pd.DataFrame:
     """Method ``a`` minus method ``b`` on the same queries (x100), per (model, scenario, bin) and ``all``,
-    with a user bootstrap interval; ``effect`` says "no measurable effect" when the interval holds 0."""
+    with a user bootstrap interval. ``effect``: ``"<a> lower"`` / ``"<a> higher"`` when the interval excludes
+    0, ``"no measurable effect"`` when it holds 0, ``"too few users (n)"`` when fewer than ``min_users``
+    users have queries in the bin (a percentile interval over 1 or 2 clusters means nothing)."""
     key = ["model", "scenario", "user", "query"]
     left = rows[rows["method"] == a].set_index(key)
     right = rows[rows["method"] == b].set_index(key)
@@ -306,7 +309,12 @@ def paired_difference(
             sub = g if bi is None else g[g["bin_index"] == bi]
             s = user_bootstrap(sub["diff"], sub["user"], w, users, level)
             lo, hi = 100 * s["lo"], 100 * s["hi"]
-            effect = "no measurable effect" if not (lo > 0 or hi < 0) else ("a higher" if lo > 0 else "a lower")
+            if s["n_users"] < min_users:
+                effect = f"too few users ({s['n_users']})"
+            elif lo > 0 or hi < 0:
+                effect = f"{a} higher" if lo > 0 else f"{a} lower"
+            else:
+                effect = "no measurable effect"
             out.append({"model": model, "scenario": scenario, "a": a, "b": b, "bin": label,
                         "diff": 100 * s["mean"], "ci_lo": lo, "ci_hi": hi, "n_queries": s["n"],
                         "n_users": s["n_users"], "effect": effect})
@@ -359,3 +367,18 @@ def bin_counts(abs_yaw, edges: Sequence[float]) -> Mapping[str, int]:
     if (idx < 0).any():
         out["no pose"] = int((idx < 0).sum())
     return out
+
+
+def rebin(rows: pd.DataFrame, edges: Sequence[float]) -> pd.DataFrame:
+    """A copy of per-query rows (:func:`attach_pose`) with ``bin_index`` and ``bin`` recomputed for ``edges``."""
+    out = rows.copy()
+    labels = bin_labels(edges)
+    out["bin_index"] = assign_bins(out["abs_yaw"], edges)
+    out["bin"] = [labels[i] if i >= 0 else "no pose" for i in out["bin_index"]]
+    return out
+
+
+def records(df: pd.DataFrame, digits: int = 4) -> list[dict]:
+    """Rows of a table as JSON-ready dicts (floats rounded to ``digits``)."""
+    return [{k: (round(float(v), digits) if isinstance(v, float | np.floating) else v) for k, v in r.items()}
+            for r in df.to_dict(orient="records")]
