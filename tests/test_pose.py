@@ -190,3 +190,35 @@ def test_attach_pose_joins_by_query_and_refuses_unknown_queries():
     assert list(out["bin"]) == [">=10", "0-10", "0-10"] and list(out["yaw"]) == [-30.0, 5.0, 5.0]
     with pytest.raises(KeyError, match="no pose row, first 'c'"):
         P.attach_pose(pd.DataFrame({"query": ["c"], "recall": [1.0]}), poses, [0, 10, 90])
+
+
+def test_recall_vs_yaw_figure_has_a_panel_per_scenario_and_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from protego_nb import plots_pose
+
+    t = P.recall_by_bin(_rows(), [0, 10, 25, 90], n_boot=50)
+    fig = plots_pose.fig_recall_vs_yaw(t, ["sface"], ["2a"], ["good", "flat"], intruder="sface")
+    ax = fig.axes[0]
+    assert len(fig.axes) == 1 and "black-box" in ax.get_title()
+    assert [tk.get_text().split("\n")[0] for tk in ax.get_xticklabels()] == ["0-10", "10-25", ">=25"]
+    assert len(ax.get_legend().get_texts()) == 2
+
+
+@pytest.mark.assets
+def test_pose_sanity_figure_draws_every_picked_canvas():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from protego_nb import plots_pose
+
+    base = _synthetic_head() + [112.0, 112.0, 0.0]
+    angles = [(-30, 0, 0), (-10, 5, 0), (0, 0, 0), (15, -5, 2), (40, 0, 0)]
+    verts = np.stack([(base - 112) @ P.rotation(*a).T + 112 for a in angles])
+    poses = P.pose_frame([f"i{k}" for k in range(5)], verts)
+    poses["yaw_axis"] = poses["yaw"]
+    canv = [np.zeros((224, 224, 3), np.uint8)] * 5
+    fig = plots_pose.fig_pose_sanity(canv, verts, poses, n=4)
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles[0].startswith("yaw -30") and titles[3].startswith("yaw +40")
