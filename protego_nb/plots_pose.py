@@ -69,6 +69,7 @@ def fig_recall_vs_yaw(
     methods: Sequence[str],
     value: str = "recall",
     intruder: str | None = None,
+    xlabel: str = "|yaw| of the query (deg), bin mean",
 ):
     """Recall (%) per ``|yaw|`` bin with its 95% user-bootstrap interval: one panel per (scenario, model),
     one line per method, x at the mean ``|yaw|`` of the bin's queries, tick labels with the query counts.
@@ -96,7 +97,7 @@ def fig_recall_vs_yaw(
             if c == 0:
                 ax.set_ylabel(f"{value}@K (%)")
             if r == len(scenarios) - 1:
-                ax.set_xlabel("|yaw| of the query (deg), bin mean")
+                ax.set_xlabel(xlabel)
             ax.set_ylim(-3, 103)
     axes[0, -1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()

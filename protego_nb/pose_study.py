@@ -200,3 +200,45 @@ def headline(
     row = bins.iloc[-1] if bin_label is None else d[d["bin"] == bin_label].iloc[0]
     return {k: (float(row[k]) if k in ("diff", "ci_lo", "ci_hi") else row[k])
             for k in ("model", "scenario", "a", "b", "bin", "diff", "ci_lo", "ci_hi", "n_queries", "n_users", "effect")}
+
+
+def entry_table(
+    model_names: Sequence[str],
+    split: Split,
+    faces: Mapping[str, study.FaceSet],
+    distractors: study.FaceSet,
+    protections: Mapping[str, Mapping[str, study.Protection]],
+    poses: pd.DataFrame,
+    edges: Sequence[float],
+    scenarios: Sequence[str] = ("1a", "2a"),
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Per *protected gallery photo*: the fraction of its owner's queries that find it in their top K
+    (native similarity, notebook 05's galleries), with that photo's pose and ``|yaw|`` bin.
+
+    Binned by the gallery photo's pose, this asks whether a *turned protected photo* stays hidden; the
+    per-query tables bin by the query's pose. Columns as :func:`query_rows`, with ``query`` holding the
+    gallery entry's id (so the tables of :mod:`protego_nb.evaluate.pose` apply unchanged).
+    """
+    from .evaluate import retrieval
+    from .models import zoo
+
+    out = []
+    for name in model_names:
+        model = zoo.load(name, device)
+        for method, prots in protections.items():
+            f = study.features_for(model, name, faces, distractors, prots, device=device, method=method)
+            metric = f.resolve_metric("native")
+            for user in faces:
+                for sc in scenarios:
+                    e = P.entry_rows(retrieval.build_gallery(f, split, user, sc), metric)
+                    e["model"], e["method"] = name, method
+                    out.append(e)
+    rows = pd.concat(out, ignore_index=True).rename(columns={"entry": "query"})
+    return P.attach_pose(rows, poses, edges)
+
+
+def entry_edges(poses: pd.DataFrame, edges: Sequence[float], min_count: int) -> list[float]:
+    """``edges`` with sparse bins merged so that every bin holds at least ``min_count`` gallery photos."""
+    g = poses[poses["role"].isin(["train", "gallery_unseen"])]
+    return P.merge_sparse_bins(g["abs_yaw"].to_numpy(float), edges, min_count)

@@ -198,6 +198,14 @@ def check_06_outputs():
         common = m6.index.intersection(d5.index)
         assert len(common) >= len(split.users) * len(p["scenarios"])  # at least protego on the intruder
         np.testing.assert_allclose(m6[common].values, d5[common].values, atol=1e-9)
+    # per protected gallery photo: one row per model x method x gallery-protected scenario x photo
+    e = r["entries"]
+    n_g = sum(len(u.gallery) for u in split.users.values())
+    assert sum(e["photo_counts"].values()) == n_g
+    et = pd.DataFrame(e["by_bin"])
+    gal_scen = [s for s in p["scenarios"] if s.endswith("a")]
+    assert len(et) == len(p["models"]) * len(p["methods"]) * len(gal_scen) * (len(e["labels"]) + 1)
+    assert (et[et.bin == "all"]["n_queries"] == n_g).all()
     # frontal-only PPT: trained only on the user's training photos with |yaw| below the threshold
     f = r["frontal"]
     ay = poses.set_index("id")["abs_yaw"]
@@ -214,7 +222,8 @@ def check_06_outputs():
     h = r["headline"]
     assert {"uv_minus_flat_2d", "frontal_minus_all_turned"} <= set(h)
     assert h["uv_minus_flat_2d"]["bin"] == b["labels"][-1] and h["frontal_minus_all_turned"]["bin"].startswith(">=")
-    for name in ("06_pose_sanity", "06_recall_vs_yaw", "06_frontal_only"):
+    for name in ("06_pose_sanity", "06_recall_vs_yaw", "06_entry_recall_vs_yaw", "06_frontal_only"):
         _fig(name)
-    for table in ("06_recall_by_yaw", "06_uv_vs_flat", "06_yaw_slope", "06_frontal_only", "06_frontal_training_sets"):
+    for table in ("06_recall_by_yaw", "06_uv_vs_flat", "06_yaw_slope", "06_entry_recall_by_yaw", "06_frontal_only",
+                  "06_frontal_training_sets"):
         assert (res / f"{table}.md").exists() and (res / f"{table}.csv").exists()

@@ -222,3 +222,19 @@ def test_pose_sanity_figure_draws_every_picked_canvas():
     fig = plots_pose.fig_pose_sanity(canv, verts, poses, n=4)
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles[0].startswith("yaw -30") and titles[3].startswith("yaw +40")
+
+
+def test_entry_found_rows_average_to_each_querys_recall_even_with_ties():
+    from protego_nb.evaluate import retrieval as R
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        sim = rng.integers(0, 6, size=(5, 30)).astype(float)  # many ties
+        rel = np.zeros(30, bool)
+        rel[rng.choice(30, size=7, replace=False)] = True
+        f = P.entry_found(sim, rel)
+        assert f.shape == (5, 7) and ((f >= 0) & (f <= 1)).all()
+        ref = R.rank_metrics(sim, np.broadcast_to(rel, sim.shape))["recall"]
+        np.testing.assert_allclose(f.mean(1), ref, atol=1e-12)
+    sim = np.array([[0.9, 0.1, 0.8, 0.2]])
+    np.testing.assert_array_equal(P.entry_found(sim, np.array([True, True, False, False])), [[1.0, 0.0]])

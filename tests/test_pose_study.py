@@ -81,3 +81,17 @@ def test_pose_variants_train_on_the_right_images_and_evaluate_per_query(setup, t
     t = P.recall_by_bin(rows, edges, n_boot=100)
     per_bin = t[(t.bin != "all") & (t.method == "protego")]
     assert per_bin["n_queries"].sum() == n_q and per_bin["n_queries"].min() >= 2
+
+
+def test_entry_table_per_protected_gallery_photo(setup, tmp_cache):
+    split, faces, dis, poses = setup
+    sur = study.load_surrogates(["dlib_resnet"], "sface")
+    cfg = tr.TrainConfig.from_preset("ci", epochs=1)
+    prots = study.protect_users(["protego"], split, faces, sur, cfg, progress=False)
+    edges = pose_study.entry_edges(poses, [0, 10, 25, 90], min_count=3)
+    e = pose_study.entry_table(["dlib_resnet"], split, faces, dis, prots, poses, edges, scenarios=["1a"])
+    assert len(e) == sum(len(u.gallery) for u in split.users.values())
+    assert e["entry_protected"].all() and (e["bin_index"] >= 0).all()
+    q = pose_study.query_rows(["dlib_resnet"], split, faces, dis, prots, poses, edges, scenarios=["1a"])
+    # an entry's rate is its share of recall@K: per user, the mean over entries is the mean over queries
+    np.testing.assert_allclose(e.groupby("user")["recall"].mean(), q.groupby("user")["recall"].mean(), atol=1e-12)

@@ -382,3 +382,39 @@ def records(df: pd.DataFrame, digits: int = 4) -> list[dict]:
     """Rows of a table as JSON-ready dicts (floats rounded to ``digits``)."""
     return [{k: (round(float(v), digits) if isinstance(v, float | np.floating) else v) for k, v in r.items()}
             for r in df.to_dict(orient="records")]
+
+
+# ------------------------------------------------------------------------------------------ per gallery entry
+def entry_found(sim, relevant) -> np.ndarray:
+    """``[Q, R]``: for each query and each of its ``R`` true entries, whether the entry is in the query's top
+    ``K = R`` (the recall@K cut), as an expectation under random order of tied similarities.
+
+    ``sim [Q, G]``, ``relevant [G]`` bool (the same true entries for every query, as in a
+    :class:`protego_nb.evaluate.retrieval.Gallery`). Each row sums to the query's expected hits, so the
+    mean over a query's row is exactly its ``recall`` in :func:`protego_nb.evaluate.retrieval.rank_metrics`.
+    """
+    s = np.asarray(sim, dtype=np.float64)
+    rel = np.asarray(relevant, dtype=bool)
+    k = int(rel.sum())
+    if k == 0 or s.shape[0] == 0:
+        return np.zeros((s.shape[0], k))
+    t = -np.sort(-s, axis=1)[:, k - 1 : k]  # the K-th largest similarity of each query
+    n_gt = (s > t).sum(1, keepdims=True)
+    n_eq = (s == t).sum(1, keepdims=True)
+    r = s[:, rel]
+    return np.where(r > t, 1.0, np.where(r == t, (k - n_gt) / n_eq, 0.0))
+
+
+def entry_rows(gal, metric: str) -> pd.DataFrame:
+    """One row per true gallery entry of a :class:`~protego_nb.evaluate.retrieval.Gallery`: ``entry``, its
+    protection state, and ``recall`` = the fraction of the user's queries that find it in their top K
+    (the entry's share of recall@K: the mean over entries equals the mean recall over queries)."""
+    from .retrieval import similarity_matrix
+
+    sim = similarity_matrix(gal.queries, gal.emb, metric).numpy()
+    found = entry_found(sim, gal.relevant)
+    ids = [i for i, r in zip(gal.ids, gal.relevant) if r]
+    prot = gal.protected[gal.relevant]
+    rate = found.mean(0) if len(gal.query_ids) else np.full(len(ids), np.nan)
+    return pd.DataFrame({"user": gal.user, "scenario": gal.scenario.name, "entry": ids, "entry_protected": prot,
+                         "recall": rate, "n_queries": len(gal.query_ids)})
