@@ -141,6 +141,51 @@ def protect_pose_variants(
 
 
 # ---------------------------------------------------------------------------------------- evaluation
+def pose_rows(
+    model_names: Sequence[str],
+    split: Split,
+    faces: Mapping[str, study.FaceSet],
+    distractors: study.FaceSet,
+    protections: Mapping[str, Mapping[str, study.Protection]],
+    poses: pd.DataFrame,
+    edges: Sequence[float],
+    scenarios: Sequence[str] = ("1a", "2b", "2a"),
+    entry_edges: Sequence[float] | None = None,
+    entry_scenarios: Sequence[str] = (),
+    device: str = "cpu",
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Per-query rows and, with ``entry_scenarios``, per-gallery-photo rows, from one embedding pass.
+
+    Queries: ``retrieval.evaluate_users(..., per_query=True)`` with native similarity and notebook 05's
+    galleries (the same call as ``study.evaluate``), joined with the query's pose and ``|yaw|`` bin
+    (``edges``). Gallery photos: :func:`entry_table`'s rows, binned with ``entry_edges``.
+    Only the users in ``faces`` are evaluated, and their galleries hold only those users' entries (plus
+    the distractors), so pass the same ``faces`` to compare methods on the same galleries.
+    """
+    from .evaluate import retrieval
+    from .models import zoo
+
+    qs, es = [], []
+    for name in model_names:
+        model = zoo.load(name, device)
+        for method, prots in protections.items():
+            f = study.features_for(model, name, faces, distractors, prots, device=device, method=method)
+            if scenarios:
+                qs.append(retrieval.evaluate_users(f, split, scenarios=scenarios, metric=("native",),
+                                                   users=list(faces), per_query=True))
+            metric = f.resolve_metric("native")
+            for user in faces:
+                for sc in entry_scenarios:
+                    e = P.entry_rows(retrieval.build_gallery(f, split, user, sc), metric)
+                    e["model"], e["method"] = name, method
+                    es.append(e)
+    rows = P.attach_pose(pd.concat(qs, ignore_index=True), poses, edges) if qs else None
+    if not es:
+        return rows, None
+    ent = pd.concat(es, ignore_index=True).rename(columns={"entry": "query"})
+    return rows, P.attach_pose(ent, poses, edges if entry_edges is None else entry_edges)
+
+
 def query_rows(
     model_names: Sequence[str],
     split: Split,
@@ -152,14 +197,8 @@ def query_rows(
     scenarios: Sequence[str] = ("1a", "2b", "2a"),
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """Per-query retrieval rows (native similarity; notebook 05's galleries) with the query's pose and bin.
-
-    Only the users in ``faces`` are evaluated, and their galleries hold only those users' entries (plus
-    the distractors), so pass the same ``faces`` to compare methods on the same galleries.
-    """
-    d = study.evaluate(model_names, split, faces, distractors, protections, scenarios=scenarios,
-                       metric=("native",), device=device, per_query=True)
-    return P.attach_pose(d, poses, edges)
+    """Per-query rows only (:func:`pose_rows`)."""
+    return pose_rows(model_names, split, faces, distractors, protections, poses, edges, scenarios, device=device)[0]
 
 
 def query_edges(poses: pd.DataFrame, edges: Sequence[float], min_count: int) -> list[float]:
@@ -220,22 +259,8 @@ def entry_table(
     per-query tables bin by the query's pose. Columns as :func:`query_rows`, with ``query`` holding the
     gallery entry's id (so the tables of :mod:`protego_nb.evaluate.pose` apply unchanged).
     """
-    from .evaluate import retrieval
-    from .models import zoo
-
-    out = []
-    for name in model_names:
-        model = zoo.load(name, device)
-        for method, prots in protections.items():
-            f = study.features_for(model, name, faces, distractors, prots, device=device, method=method)
-            metric = f.resolve_metric("native")
-            for user in faces:
-                for sc in scenarios:
-                    e = P.entry_rows(retrieval.build_gallery(f, split, user, sc), metric)
-                    e["model"], e["method"] = name, method
-                    out.append(e)
-    rows = pd.concat(out, ignore_index=True).rename(columns={"entry": "query"})
-    return P.attach_pose(rows, poses, edges)
+    return pose_rows(model_names, split, faces, distractors, protections, poses, edges, scenarios=(),
+                     entry_edges=edges, entry_scenarios=scenarios, device=device)[1]
 
 
 def entry_edges(poses: pd.DataFrame, edges: Sequence[float], min_count: int) -> list[float]:

@@ -483,10 +483,8 @@ def evaluate(
     device: str = "cpu",
     protect_others: bool = True,
     include_others: bool = True,
-    per_query: bool = False,
 ):
-    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``
-    (``per_query=True``: one row per query instead of per user)."""
+    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``."""
     import pandas as pd
 
     from .models import zoo
@@ -499,8 +497,7 @@ def evaluate(
             f = features_for(model, name, faces, distractors, prots, device=device, method=method)
             rows.append(
                 retrieval.evaluate_users(
-                    f, split, scenarios=scenarios, metric=metric, users=users, protect_others=protect_others,
-                    per_query=per_query,
+                    f, split, scenarios=scenarios, metric=metric, users=users, protect_others=protect_others
                 )
             )
     return pd.concat(rows, ignore_index=True)
