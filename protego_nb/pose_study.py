@@ -4,6 +4,9 @@ Per image, the head pose from its 468-point mesh (:mod:`protego_nb.evaluate.pose
 per query, its retrieval result (``retrieval.evaluate_users(..., per_query=True)``) joined with its pose;
 then recall per ``|yaw|`` bin with user-bootstrap intervals, paired differences between methods on the
 same queries, and the PPT trained on near-frontal photos only against the PPT trained on all poses.
+Per protected *gallery photo* (:func:`entry_table`), the share of its owner's queries that find it,
+binned by that photo's own pose (whether a turned protected photo stays hidden); both come from one
+embedding pass (:func:`pose_rows`).
 
 Same split, methods, configuration and surrogates as notebook 05, so the trained textures are the
 cached ones (``study.run_method``'s cache) and the numbers of both notebooks describe the same PPTs.
