@@ -150,3 +150,80 @@ def test_04_gram_volume_ablations(ci_run):
         assert 0 <= row["bb_2a"] <= 100 and 0 < row["ssim"] <= 1 and row["train_s_per_user"] > 0, name
     assert abl["base"]["method"] == "protego" and abl["no_logdet"]["method"] == "protego_nologdet"
     _fig("04_ablations")
+
+
+def test_06_pose_study(ci_run):
+    assert ci_run["06_pose_study"].ok, ci_run["06_pose_study"].error[-2000:]
+    check_06_outputs()
+
+
+def check_06_outputs():
+    """Assertions on notebook 06's files (a function, so a finished ci run of 06 alone can be checked too)."""
+    import numpy as np
+    import pandas as pd
+
+    res = paths.results_dir(PROFILE, create=False)
+    r = _results("06_pose_study")
+    p = r["params"]
+    split = data.Split.load(data.split_manifest_path(p["split"]))
+    poses = pd.read_csv(res / "06_poses.csv")
+    assert len(poses) == len(set(poses["id"])) == sum(len(u.all_used()) for u in split.users.values())
+    assert r["pose"]["n_no_mesh"] == 0 and r["pose"]["max_abs_roll"] < 10  # canvases are aligned on the eyes
+    assert r["pose"]["max_abs_yaw_minus_yaw01"] < 2  # the head-frame yaw is notebook 01's yaw at small roll
+    # bins: counts add up to the queries, each bin holds enough of them
+    n_q = sum(len(u.queries) for u in split.users.values())
+    b = r["bins"]
+    assert b["n_queries"] == n_q == sum(b["query_counts"].values())
+    assert len(b["labels"]) == 1 or min(b["query_counts"].values()) >= 3
+    # one row per model x method x scenario x (bin + all); counts and intervals consistent
+    t = pd.DataFrame(r["by_bin"])
+    keys = ["model", "method", "scenario", "bin"]
+    assert not t.duplicated(keys).any()
+    assert set(map(tuple, t[keys].values)) == {(m, me, s, lab) for m in p["models"] for me in p["methods"]
+                                                 for s in p["scenarios"] for lab in [*b["labels"], "all"]}
+    for _, g in t.groupby(["model", "method", "scenario"]):
+        assert g[g.bin != "all"]["n_queries"].sum() == g[g.bin == "all"]["n_queries"].item() == n_q
+        assert [int(g[g.bin == lab]["n_queries"].item()) for lab in b["labels"]] == list(b["query_counts"].values())
+    ok = t["ci_lo"].notna()
+    assert (t.loc[ok, "ci_lo"] <= t.loc[ok, "recall"] + 1e-9).all() and (t.loc[ok, "recall"] <= t.loc[ok, "ci_hi"] + 1e-9).all()
+    assert t["recall"].between(0, 100).all()
+    # per-query rows: one per model x method x scenario x query; their per-user means are notebook 05's rows
+    q = pd.read_csv(res / "06_query_rows.csv")
+    assert len(q) == len(p["models"]) * len(p["methods"]) * len(p["scenarios"]) * n_q
+    rows05 = res / "05_recall_rows.csv"
+    if rows05.exists():  # same split, config, surrogates and cached textures: the same numbers
+        d5 = pd.read_csv(rows05)
+        d5 = d5[d5["native"]].set_index(["model", "method", "user", "scenario"])["recall"]
+        m6 = q.groupby(["model", "method", "user", "scenario"])["recall"].mean()
+        common = m6.index.intersection(d5.index)
+        assert len(common) >= len(split.users) * len(p["scenarios"])  # at least protego on the intruder
+        np.testing.assert_allclose(m6[common].values, d5[common].values, atol=1e-9)
+    # per protected gallery photo: one row per model x method x gallery-protected scenario x photo
+    e = r["entries"]
+    n_g = sum(len(u.gallery) for u in split.users.values())
+    assert sum(e["photo_counts"].values()) == n_g
+    et = pd.DataFrame(e["by_bin"])
+    gal_scen = [s for s in p["scenarios"] if s.endswith("a")]
+    assert len(et) == len(p["models"]) * len(p["methods"]) * len(gal_scen) * (len(e["labels"]) + 1)
+    assert (et[et.bin == "all"]["n_queries"] == n_g).all()
+    # frontal-only PPT: trained only on the user's training photos with |yaw| below the threshold
+    f = r["frontal"]
+    ay = poses.set_index("id")["abs_yaw"]
+    assert f["users"] and set(f["users"]) | set(f["skipped"]) == set(split.users)
+    for u in f["users"]:
+        front, sized, full = (f["train_ids"][k][u] for k in ("protego_frontal", "protego_sized", "protego"))
+        assert set(full) == set(split.users[u].train)
+        assert set(front) < set(full) and all(ay[i] < f["max_abs_yaw"] for i in front)
+        assert {i for i in full if ay[i] < f["max_abs_yaw"]} == set(front)
+        assert len(sized) == len(front) and set(sized) <= set(full)
+    d = pd.DataFrame(f["diffs"])
+    assert len(d) == len(p["models"]) * len(p["scenarios"]) * 3 * 3  # 3 pairs x (frontal, turned, all)
+    assert set(d["bin"]) == {f"0-{f['max_abs_yaw']:g}", f">={f['max_abs_yaw']:g}", "all"}
+    h = r["headline"]
+    assert {"uv_minus_flat_2d", "frontal_minus_all_turned"} <= set(h)
+    assert h["uv_minus_flat_2d"]["bin"] == b["labels"][-1] and h["frontal_minus_all_turned"]["bin"].startswith(">=")
+    for name in ("06_pose_sanity", "06_recall_vs_yaw", "06_entry_recall_vs_yaw", "06_frontal_only"):
+        _fig(name)
+    for table in ("06_recall_by_yaw", "06_uv_vs_flat", "06_yaw_slope", "06_entry_recall_by_yaw", "06_frontal_only",
+                  "06_frontal_training_sets"):
+        assert (res / f"{table}.md").exists() and (res / f"{table}.csv").exists()

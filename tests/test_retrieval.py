@@ -321,6 +321,30 @@ def test_evaluate_users_equals_gallery_reference_path():
         assert row.gallery_size == len(gal.ids) and row.K == gal.K
 
 
+def test_per_query_rows_average_to_the_per_user_rows_and_match_the_reference():
+    """per_query=True: one row per query, each equal to build_gallery's metric for that query; the per-user
+    rows of the default path are exactly their means (the default numbers are unchanged)."""
+    split = make_split()
+    feats = cluster_features(split, protected="scatter", seed=3)
+    scs = ["1b", "1a", "2b", "2a", "2-cov0.5"]
+    agg = R.evaluate_users(feats, split, scs, metric=["cosine", "euclidean"], k=[2])
+    pq = R.evaluate_users(feats, split, scs, metric=["cosine", "euclidean"], k=[2], per_query=True)
+    assert list(agg.columns) == [c for c in pq.columns if c != "query"]
+    keys = ["metric", "user", "scenario"]
+    assert len(pq) == int(agg["n_queries"].sum())
+    assert (pq.groupby(keys, sort=False).size().values == agg["n_queries"].values).all()
+    means = pq.groupby(keys, sort=False)[["recall", "top1", "mAP", "recall@2"]].mean().reset_index()
+    for c in ("recall", "top1", "mAP", "recall@2"):
+        np.testing.assert_allclose(means[c].values, agg[c].values, rtol=0, atol=1e-12)
+    for row in pq[pq.scenario.isin(["2a", "1b"])].itertuples():
+        gal = R.build_gallery(feats, split, row.user, row.scenario)
+        qi = gal.query_ids.index(row.query)
+        ref = gal.metrics(row.metric, k=[2])
+        assert row.recall == pytest.approx(ref["recall"][qi], abs=1e-12)
+        assert row.mAP == pytest.approx(ref["ap"][qi], abs=1e-12)
+    assert set(pq["query"]) == {q for u in split.users.values() for q in u.queries}
+
+
 def test_non_finite_embeddings_are_refused_with_the_image_named():
     split = make_split()
     feats = cluster_features(split)

@@ -553,6 +553,7 @@ def evaluate_users(
     include_others: bool = True,
     seed: int = 0,
     on_missing: str = "drop",
+    per_query: bool = False,
 ) -> pd.DataFrame:
     """One row per (metric, user, scenario): ``recall``, ``top1``, ``mAP`` (means over the user's queries),
     ``K``, ``n_queries``, ``gallery_size`` and bookkeeping columns.
@@ -564,6 +565,10 @@ def evaluate_users(
     A user with no query or no true entry left gets NaN scores. The results equal
     ``build_gallery(...).metrics(...)``; the distractor similarities are computed and sorted once per
     user, query state and metric, and shared by all scenarios.
+
+    ``per_query=True`` returns one row per (metric, user, scenario, query) instead, with the query's id in
+    ``query`` and its own ``recall``, ``top1``, ``mAP`` (its average precision) and ``recall@k``, and the
+    same bookkeeping columns; the per-user rows are exactly the means of these over each user's queries.
     """
     feats = Features.coerce(features)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -596,7 +601,7 @@ def evaluate_users(
                 oth = _sorted_sim(q, _prep(side.o_emb, m), m)
                 res = _rank_core(rel, [oth, d_sorted[key]], torch.full((Q,), n_t, dtype=torch.long),
                                  torch.full((Q,), n_t + n_o + n_d, dtype=torch.long), ks)
-                row = {
+                head = {
                     "model": feats.model,
                     "method": feats.method,
                     "metric": m,
@@ -606,13 +611,8 @@ def evaluate_users(
                     "query_protected": sc.query_protected,
                     "coverage": sc.coverage,
                     "unseen_only": sc.unseen_only,
-                    "recall": _mean(res["recall"].numpy()),
-                    "top1": _mean(res["top1"].numpy()),
-                    "mAP": _mean(res["ap"].numpy()),
                 }
-                for kk in ks:
-                    row[f"recall@{kk}"] = _mean(res[f"recall@{kk}"].numpy())
-                row.update(
+                tail = dict(
                     K=n_t,
                     n_queries=Q,
                     gallery_size=n_t + n_o + n_d,
@@ -621,7 +621,13 @@ def evaluate_users(
                     n_distractors=n_d,
                     n_missing=side.n_missing + d_miss,
                 )
-                rows.append(row)
+                names = {"recall": "recall", "top1": "top1", "mAP": "ap", **{f"recall@{kk}": f"recall@{kk}" for kk in ks}}
+                if per_query:
+                    vals = {c: res[r].numpy() for c, r in names.items()}
+                    for qi, qid in enumerate(side.q_ids):
+                        rows.append({**head, "query": qid, **{c: float(v[qi]) for c, v in vals.items()}, **tail})
+                else:
+                    rows.append({**head, **{c: _mean(res[r].numpy()) for c, r in names.items()}, **tail})
     return pd.DataFrame(rows)
 
 
