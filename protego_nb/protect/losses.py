@@ -254,8 +254,8 @@ def protego_loss(
     ``views``: features of transformed copies of the protected canvases (``{"blur": {name: [N, D]}}``, the
     LowKey-style smoothed view); the feature loss is then the mean over the canvas and every view.
     ``lazy_ssim``: compute SSIM without autograd first and build the hinge's graph only at or below the
-    floor (above it the hinge and its gradient are exactly zero; SSIM forward+backward costs about 6x a
-    no-grad SSIM on CPU); the value and gradient are the same.
+    floor (above it the hinge and its gradient are exactly zero, and a no-grad SSIM is cheaper than SSIM
+    forward+backward); the value and gradient are the same.
 
     Without ``x_prot``/``x_clean`` the SSIM term is omitted. Returns ``(total, parts)`` with ``parts``
     holding floats: ``logdet/<name>`` (logged even when unused), ``cosine/<name>`` (of the canvas, not the

@@ -7,9 +7,8 @@ surrogate models, and ``U <- clamp(U - lr * sign(g), -eps, eps)`` with ``g`` the
 SSIM hinge weight follows the halve/double/reset schedule. Differences, none of which change the
 optimisation of the default configuration: clean features are computed once (no autograd) and cached, the
 log-det is evaluated stably (see :mod:`.losses`), the SSIM hinge's graph is built only for batches at or
-below the floor (above it the hinge and its gradient are zero; SSIM forward+backward costs about 6x a
-no-grad SSIM on CPU: 1.25 s vs 0.20 s for 16 canvases of 224, 1 thread),
-and random numbers come from one explicit generator.
+below the floor (above it the hinge and its gradient are zero, and a no-grad SSIM is cheaper than SSIM
+forward+backward), and random numbers come from one explicit generator.
 
 Named presets (:data:`PRESETS`): ``release`` - the released code's config (100 epochs, batch 16,
 step ``0.01 eps``, SSIM floor 0.95, eps 16/255, init seed 114); ``paper`` - the paper's stated
