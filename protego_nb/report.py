@@ -120,6 +120,8 @@ def load_results(notebook: str, profile: str) -> dict:
 def save_table(df, name: str, profile: str, floatfmt: str = ".3f", index: bool = True) -> tuple[Path, Path]:
     """Write a pandas DataFrame as CSV and Markdown under ``papermill_runs/<profile>/results/``."""
     folder = paths.results_dir(profile)
+    if index and getattr(df.index, "nlevels", 1) > 1:  # one column per index level, not tuples
+        df, index = df.reset_index(), False
     csv = atomic_write_text(folder / f"{name}.csv", df.to_csv(index=index))
     md = atomic_write_text(folder / f"{name}.md", to_markdown(df, floatfmt=floatfmt, index=index) + "\n")
     return csv, md

@@ -225,11 +225,9 @@ def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("b
         if name == base:
             continue
         for c in columns:
-            row = {"ablation": name, "column": c}
-            row.update(paired_row(a[c], per[base][c]))
-            row["lever"], row["base"] = row.pop("a"), row.pop("b")
-            row["lever - base [95% CI]"] = row.pop("a - b [95% CI]")
-            rows.append(row)
+            p = paired_row(a[c], per[base][c])
+            rows.append({"ablation": name, "column": c, "n": p["n"], "lever": p["a"], "base": p["b"],
+                         "lever - base [95% CI]": p["a - b [95% CI]"], "effect": p["effect"]})
     return _frame(rows, ["ablation", "column"])
 
 
