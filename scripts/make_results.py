@@ -125,9 +125,13 @@ def effects_sentence(df: pd.DataFrame, what: str) -> str:
     yes = d[d["effect"] == "yes"]
     keys = [c for c in d.columns if c not in ("n", "a", "b", "lever", "base", diff_col, "effect", "model")]
     items = "; ".join(f"{' '.join(str(row[k]) for k in keys)}: {row[diff_col]}" for _, row in yes.iterrows())
+    n = int(d["n"].max())
+    if n < tables.MIN_USERS_FOR_EFFECT:
+        return (f"With {n} user(s) no {what} difference is called an effect (at least "
+                f"{tables.MIN_USERS_FOR_EFFECT} are needed).")
     if yes.empty:
         return (f"No {what} difference in this table has a 95% interval that excludes 0: none is called an "
-                f"effect ({len(d)} comparisons, {int(d['n'].max())} users).")
+                f"effect ({len(d)} comparisons, {n} users).")
     return (f"{what.capitalize()} differences whose 95% interval excludes 0 (effects; {len(yes)} of {len(d)} "
             f"comparisons, {int(d['n'].max())} users): {items}. All others are not distinguishable from 0 "
             "at this number of users.")
@@ -228,7 +232,8 @@ def _loo(r: dict) -> str:
 def _ablations(r: dict) -> str:
     p = r["params"]
     paired = tables.ablation_paired(r)
-    return (f"{len(p['users'])} users, each gallery = the user's own entries + the distractors; `bb_*` black-box "
+    n = len(p["users"])
+    return (f"{n} user{'s' if n != 1 else ''}, each gallery = the user's own entries + the distractors; `bb_*` black-box "
             f"`{p['intruder']}`, `wb_*` white-box `{p['white_box']}`; recall@K %, mean ± std over users.\n\n"
             + md(tables.ablation_table(r)) + "\n\nEach lever against `base` on the same users "
             "(`lever - base` < 0: the lever lowers recall, i.e. protects better), 95% paired bootstrap interval:\n\n"

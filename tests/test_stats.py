@@ -71,3 +71,8 @@ def test_fmt_ci():
     p = stats.PairedDiff(5, 1.0, 2.0, -1.0, -2.25, 0.5)
     assert stats.fmt_ci(p) == "-1.0 [-2.2, +0.5]" and not p.effect
     assert stats.PairedDiff(5, 1, 2, -1, -2, -0.1).effect
+
+
+def test_ratio_with_a_zero_denominator_is_undefined_not_an_error():
+    r = stats.paired_ratio_bootstrap({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 0.0, "b": 0.0, "c": 0.0})
+    assert math.isnan(r["ratio"]) and r["hi"] == float("inf")

@@ -161,9 +161,9 @@ def paired_ratio_bootstrap(
         return {"n": n, "ratio": ratio, "lo": float("nan"), "hi": float("nan"), "level": level}
     idx = _resample_index(n, n_boot, seed)
     mn, md = vn[idx].mean(axis=1), vd[idx].mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(md > 0, mn / np.where(md > 0, md, 1.0), np.inf)
-    lo, hi = _interval(r, level)
+    big = np.finfo(np.float64).max  # stands for +inf, so that quantiles stay defined
+    r = np.where(md > 0, mn / np.where(md > 0, md, 1.0), big)
+    lo, hi = (float("inf") if v >= big else v for v in _interval(r, level))
     return {"n": n, "ratio": ratio, "lo": lo, "hi": hi, "level": level}
 
 

@@ -19,6 +19,13 @@ MAIN_SCENARIOS = ("1b", "1a", "2b", "2a", "1a-unseen", "2b-unseen", "2a-unseen")
 BASE = ("1b", "1a", "2b", "2a")
 
 
+def _ordered(present, preferred: Sequence[str] | None) -> list[str]:
+    """The keys of ``present`` in the order of ``preferred`` (the run's configured order: JSON is written with
+    sorted keys), then any others in their stored order."""
+    preferred = [k for k in (preferred or []) if k in present]
+    return preferred + [k for k in present if k not in preferred]
+
+
 def _cell(values: Mapping[str, float] | None, digits: int = 1) -> str:
     if not values:
         return ""
@@ -30,9 +37,14 @@ def _n_users(values: Mapping[str, float]) -> int:
     return stats.mean_std(values)[2]
 
 
+#: Fewer users than this: no difference is called an effect (a percentile bootstrap over 2-4 users has
+#: only a handful of distinct resamples and covers far below its nominal level).
+MIN_USERS_FOR_EFFECT = 5
+
+
 def _effect(p: stats.PairedDiff) -> str:
-    if p.n < 2:
-        return "n/a"
+    if p.n < MIN_USERS_FOR_EFFECT:
+        return f"n/a (< {MIN_USERS_FOR_EFFECT} users)"
     return "yes" if p.effect else "no"
 
 
@@ -106,9 +118,11 @@ def methods_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] = 
 def loo_table(r: Mapping) -> pd.DataFrame:
     """Leave-one-out: each held-out model as the intruder, the others train; mean ± std over users."""
     loo = r["per_user"].get("leave_one_out") or {}
+    p = r["params"]
     rows, idx = [], []
-    for held, by_method in loo.items():
-        for m, per in by_method.items():
+    for held in _ordered(loo, p.get("loo_intruders")):
+        for m in _ordered(loo[held], p.get("loo_methods")):
+            per = loo[held][m]
             idx.append((held, m))
             rows.append([_cell(per.get(s)) for s in BASE] + ["+".join(r["params"]["loo_surrogates"][held])])
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["held_out", "method"]),
@@ -119,7 +133,8 @@ def loo_paired(r: Mapping, ref: str = "protego", other: str = "chameleon",
                scenarios: Sequence[str] = ("1a", "2b", "2a")) -> pd.DataFrame:
     loo = r["per_user"].get("leave_one_out") or {}
     rows = []
-    for held, by_method in loo.items():
+    for held in _ordered(loo, r["params"].get("loo_intruders")):
+        by_method = loo[held]
         if ref in by_method and other in by_method:
             for s in scenarios:
                 row = {"held_out": held, "comparison": f"{ref} - {other}", "scenario": s}
@@ -131,8 +146,9 @@ def loo_paired(r: Mapping, ref: str = "protego", other: str = "chameleon",
 def robustness_table(r: Mapping) -> pd.DataFrame:
     rob = r["per_user"].get("robustness") or {}
     rows, idx = [], []
-    for kind, by_method in rob.items():
-        for m, per in by_method.items():
+    for kind in _ordered(rob, r["params"].get("transforms")):
+        for m in _ordered(rob[kind], r["params"].get("methods")):
+            per = rob[kind][m]
             idx.append((kind, m))
             rows.append([_cell(per.get(s)) for s in ("1a", "2b", "2a")])
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["transform", "method"]),
@@ -140,10 +156,14 @@ def robustness_table(r: Mapping) -> pd.DataFrame:
 
 
 def coverage_table(r: Mapping) -> pd.DataFrame:
+    from .retrieval import Scenario
+
     cov = r["per_user"]["coverage"]
-    methods = list(cov)
-    scen = list(cov[methods[0]]) if methods else []
-    return recall_table(cov, scen, methods)
+    methods = _ordered(cov, r["params"].get("methods"))
+    fractions = r["params"].get("coverage")
+    present = list(cov[methods[0]]) if methods else []
+    scen = [Scenario(q == 2, float(c)).name for q in (1, 2) for c in fractions] if fractions else []
+    return recall_table(cov, _ordered(present, scen), methods)
 
 
 def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") -> pd.DataFrame:
@@ -165,9 +185,10 @@ def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") ->
         red_o = {u: per[other]["1b"][u] - per[other]["2a"][u] for u in zero}
         ratio = stats.paired_ratio_bootstrap(red_p, red_o)
         m_p, m_o = stats.mean_std(red_p)[0], stats.mean_std(red_o)[0]
+        defined = ratio["ratio"] == ratio["ratio"]
         rows.append({"target": "Protego 2a reduction (1b - 2a) >= 2.5 x Chameleon-style's",
                      "measured": f"{m_p:.1f} vs {m_o:.1f} points: " + _ratio_text(ratio, "x"),
-                     "met": _met(ratio["lo"] >= 2.5, ratio["hi"] < 2.5)})
+                     "met": _met(ratio["lo"] >= 2.5, ratio["hi"] < 2.5) if defined else "undefined"})
     q = r["per_user"]["quality"][ref]["ssim"]
     d = stats.paired_bootstrap(q, {u: 0.0 for u in q})
     rows.append({"target": "mean SSIM >= 0.95", "measured": f"{d.diff:.3f} [{d.lo:.3f}, {d.hi:.3f}]",
@@ -176,8 +197,13 @@ def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") ->
 
 
 def _ratio_text(ratio: Mapping, unit: str) -> str:
-    hi = "inf" if ratio["hi"] == float("inf") else f"{ratio['hi']:.2f}"
-    return f"{ratio['ratio']:.2f} {unit} [{ratio['lo']:.2f}, {hi}]"
+    if not ratio["ratio"] == ratio["ratio"]:  # NaN: the denominator's mean is <= 0
+        return "undefined (the denominator is <= 0)"
+    return f"{ratio['ratio']:.2f} {unit} [{_num(ratio['lo'])}, {_num(ratio['hi'])}]"
+
+
+def _num(v: float) -> str:
+    return "inf" if v == float("inf") else f"{v:.2f}"
 
 
 def _met(yes: bool, no: bool) -> str:
@@ -205,7 +231,8 @@ def ablation_table(r: Mapping) -> pd.DataFrame:
     """Every ablation: recall mean ± std over the ablation users (``bb_*`` black-box, ``wb_*`` white-box)."""
     per = r["per_user"]["ablations"]
     rows = []
-    for name, a in per.items():
+    for name in _ordered(per, r["params"].get("ablations")):
+        a = per[name]
         row = {"ablation": name, "what": a["what"], "method": a["method"]}
         for c in ABLATION_COLUMNS:
             row[c] = _cell(a[c])
@@ -221,7 +248,8 @@ def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("b
     if base not in per:
         return pd.DataFrame()
     rows = []
-    for name, a in per.items():
+    for name in _ordered(per, r["params"].get("ablations")):
+        a = per[name]
         if name == base:
             continue
         for c in columns:
@@ -235,9 +263,11 @@ def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("b
 def cohesion_table(r: Mapping) -> pd.DataFrame:
     """Within-user cosine (mean ± std over users) and between-user cosine, per model and state."""
     per = r["per_user"]["cohesion_within"]
+    p = r.get("params", {})
     rows, idx = [], []
-    for model, by_state in per.items():
-        for state, values in by_state.items():
+    for model in _ordered(per, p.get("models")):
+        for state in _ordered(per[model], ["clean", *p.get("methods", [])]):
+            values = per[model][state]
             idx.append((model, state))
             rows.append([_cell(values, 3), f"{r['cohesion'][f'{model}/{state}']['between']:.3f}"])
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["model", "state"]),
@@ -247,11 +277,14 @@ def cohesion_table(r: Mapping) -> pd.DataFrame:
 def cohesion_paired(r: Mapping, ref: str = "protego") -> pd.DataFrame:
     """Within-user cosine of ``ref`` minus every other state's (clean, other methods), same users."""
     per = r["per_user"]["cohesion_within"]
+    p = r.get("params", {})
     rows = []
-    for model, by_state in per.items():
+    for model in _ordered(per, p.get("models")):
+        by_state = per[model]
         if ref not in by_state:
             continue
-        for state, values in by_state.items():
+        for state in _ordered(by_state, ["clean", *p.get("methods", [])]):
+            values = by_state[state]
             if state == ref:
                 continue
             row = {"model": model, "comparison": f"{ref} - {state}"}
