@@ -12,14 +12,16 @@ export PYTHONUNBUFFERED := 1
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := $(VENV)/.assets
 
-.PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip clean-outputs help
+.PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip clean-outputs help results
 
 help:
-	@echo "make reproduce   # set up, then run every notebook with the default profile (~30 min on a 2-core CPU)"
+	@echo "make reproduce   # set up, then run every notebook with the default profile (10 users; about 45 min on a 2-core CPU)"
 	@echo "make test        # set up, then run the tests (unit tests + every notebook with the ci profile)"
 	@echo "make full        # paper-scale profile (hours on a CPU, minutes on a GPU)"
 	@echo "make test-fast   # unit tests only (no notebooks)"
 	@echo "make bench       # speed benchmarks -> papermill_runs/bench/*.json"
+	@echo "make results     # regenerate data/results/default/ tables + README results from the committed run JSON"
+	@echo "                 # (FROM=papermill_runs/default/results imports a finished run's JSON first)"
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +64,9 @@ bench: setup
 	$(PY) benchmarks/bench_train.py --steps 3 --out $(BENCH)/train.json
 	$(PY) benchmarks/bench_protect.py --photos 10 --frames 100 --detect-every 1 10 --out $(BENCH)/protect.json
 	$(PY) benchmarks/bench_canvases.py --limit 500 --fresh-cache --no-progress --out $(BENCH)/canvases_500_cold.json
+
+results: $(STAMP)
+	$(PY) scripts/make_results.py $(if $(FROM),--from $(FROM))
 
 lint: setup
 	$(VENV)/bin/ruff check protego_nb tests scripts benchmarks notebooks

@@ -92,22 +92,23 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def save_results(notebook: str, results: dict, profile: str, merge: bool = True) -> Path:
-    """Write ``papermill_runs/<profile>/results/<notebook>.json``.
+#: Version of the run-JSON layout (``_format``); 2: fresh per run, with ``_run`` provenance from the runner.
+RESULTS_FORMAT = 2
 
-    With ``merge`` (default) keys already in the file are kept unless overwritten,
-    so a notebook may save its numbers section by section.
+
+def save_results(notebook: str, results: dict, profile: str) -> Path:
+    """Write ``papermill_runs/<profile>/results/<notebook>.json`` anew (never merged with an older file).
+
+    A notebook collects its numbers in one dict and saves it once, at the end; nothing of a previous run
+    survives (the runner also deletes the notebook's old outputs before it starts, see
+    :func:`protego_nb.run.clear_outputs`). The runner adds ``_run`` (git commit, dirty flag, profile,
+    parameters, wall time, machine) after the notebook has finished.
     """
     target = paths.results_dir(profile) / f"{notebook}.json"
-    data: dict = {}
-    if merge and target.exists():
-        try:
-            data = json.loads(target.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data.update(_jsonable(results))
+    data = _jsonable(dict(results))
     data["_written"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     data["_profile"] = profile
+    data["_format"] = RESULTS_FORMAT
     return atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -140,25 +141,60 @@ def to_markdown(df, floatfmt: str = ".3f", index: bool = True) -> str:
     return "\n".join(lines)
 
 
-def git_revision() -> str:
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=10
+    ).stdout.strip()
+
+
+def git_info() -> dict:
+    """``{"commit": full sha or None, "dirty": bool or None}``; dirty = tracked files differ from the commit."""
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=paths.REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=paths.REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return (rev or "unknown") + ("+dirty" if dirty else "")
+        commit = _git("rev-parse", "HEAD") or None
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+        return {"commit": commit, "dirty": dirty}
     except Exception:
+        return {"commit": None, "dirty": None}
+
+
+def git_revision() -> str:
+    """Short commit, ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    info = git_info()
+    if not info["commit"]:
         return "unknown"
+    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
+
+
+def machine() -> dict:
+    """The machine a run used: platform, CPU model and count, torch threads and device, load average."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        threads = torch.get_num_threads()
+    except Exception:  # pragma: no cover
+        device, threads = "unknown", None
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load = None
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "device": device,
+        "python": sys.version.split()[0],
+        "loadavg": load,
+    }
 
 
 def provenance() -> dict:

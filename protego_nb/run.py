@@ -14,12 +14,22 @@ would otherwise inject unknown names silently). ``PROFILE`` is always set to the
 profile name. Executed notebooks go to ``papermill_runs/<profile>/``; every
 notebook runs even if an earlier one failed, all failures are reported at the
 end, and the exit status is non-zero when any failed.
+
+Fresh outputs: before a notebook runs, every output it owns is deleted (files
+and folders named ``NN_*`` - its two-digit number - under ``papermill_runs/<profile>/``,
+its ``results/`` and ``figures/<profile>/``), so nothing of an earlier run can pass
+for this one; ``--only 05`` touches 05's files only. After it ran, the runner adds
+``_run`` to the notebook's results JSON: git commit and dirty flag, profile,
+command, the parameters injected, start/end time, wall time and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
+import shutil
 import sys
 import time
 import traceback
@@ -29,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from . import paths
-from .report import atomic_write_text, provenance
+from .report import atomic_write_text, git_info, machine, provenance
 
 PROFILES = ("ci", "default", "full")
 
@@ -91,41 +101,118 @@ def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
     return chosen
 
 
+def owned_outputs(profile: str, notebook: str) -> list[Path]:
+    """Existing outputs of ``notebook`` (``NN_...``) for ``profile``: entries named ``NN_*`` in the run folder,
+    its ``results/`` and ``figures/<profile>/``."""
+    prefix = notebook[:3]
+    if len(prefix) != 3 or not prefix[:2].isdigit() or prefix[2] != "_":
+        raise ValueError(f"notebook names start with two digits and '_', got {notebook!r}")
+    out = []
+    for folder in (
+        paths.runs_dir(profile, create=False),
+        paths.results_dir(profile, create=False),
+        paths.figures_dir(profile, create=False),
+    ):
+        if folder.is_dir():
+            out += sorted(folder.glob(prefix + "*"))
+    return out
+
+
+def clear_outputs(profile: str, notebook: str) -> list[Path]:
+    """Delete every output ``notebook`` owns (:func:`owned_outputs`); returns what was deleted."""
+    gone = owned_outputs(profile, notebook)
+    for p in gone:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return gone
+
+
+def command_line(profile: str, only: list[str] | None) -> str:
+    return f"python -m protego_nb.run --profile {profile}" + (f" --only {' '.join(only)}" if only else "")
+
+
+def _stamp_results(profile: str, notebook: str, record: dict) -> bool:
+    """Add ``_run`` to the notebook's results JSON (written by this run: old ones were deleted before)."""
+    target = paths.results_dir(profile, create=False) / f"{notebook}.json"
+    if not target.exists():
+        return False
+    data = json.loads(target.read_text())
+    data["_run"] = record
+    atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
 def run(
     profile: str = "ci", only: list[str] | None = None, progress: bool = True, kernel: str = "python3"
 ) -> list[NotebookRun]:
+    """Run the (selected) notebooks of ``profile`` into ``paths.output_root()``; see the module docstring."""
     import papermill
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     params = load_params(profile)
+    notebooks = select(list_notebooks(), only)
     out_dir = paths.runs_dir(profile)
     runs: list[NotebookRun] = []
-    notebooks = select(list_notebooks(), only)
-    for i, nb in enumerate(notebooks, 1):
-        output = out_dir / nb.name
-        t0 = time.perf_counter()
-        print(f"[run:{profile}] ({i}/{len(notebooks)}) {nb.name} ...", flush=True)
-        try:
-            papermill.execute_notebook(
-                str(nb),
-                str(output),
-                parameters=parameters_for(nb, profile, params),
-                kernel_name=kernel,
-                progress_bar=progress,
-                cwd=str(paths.notebooks_dir()),
-                report_mode=False,
-            )
-            runs.append(NotebookRun(nb.stem, True, time.perf_counter() - t0, str(output)))
-        except Exception as exc:  # collect every failure, report at the end
-            msg = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, papermill.PapermillExecutionError):
-                msg += "\n" + traceback.format_exc(limit=3)
-            runs.append(NotebookRun(nb.stem, False, time.perf_counter() - t0, str(output), msg))
-        status = "ok" if runs[-1].ok else "FAILED"
-        print(f"[run:{profile}] {nb.name}: {status} in {runs[-1].seconds:.1f} s", flush=True)
+    command = command_line(profile, only)
+    # the kernel is a child process: it inherits the environment, so it writes where this process reads
+    saved_env = os.environ.get("PROTEGO_OUTPUT_DIR")
+    os.environ["PROTEGO_OUTPUT_DIR"] = str(paths.output_root())
+    try:
+        for i, nb in enumerate(notebooks, 1):
+            clear_outputs(profile, nb.stem)
+            output = out_dir / nb.name
+            nb_params = parameters_for(nb, profile, params)
+            git = git_info()
+            started = _now()
+            t0 = time.perf_counter()
+            print(f"[run:{profile}] ({i}/{len(notebooks)}) {nb.name} ...", flush=True)
+            try:
+                papermill.execute_notebook(
+                    str(nb),
+                    str(output),
+                    parameters=nb_params,
+                    kernel_name=kernel,
+                    progress_bar=progress,
+                    cwd=str(paths.notebooks_dir()),
+                    report_mode=False,
+                )
+                runs.append(NotebookRun(nb.stem, True, time.perf_counter() - t0, str(output)))
+            except Exception as exc:  # collect every failure, report at the end
+                msg = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, papermill.PapermillExecutionError):
+                    msg += "\n" + traceback.format_exc(limit=3)
+                runs.append(NotebookRun(nb.stem, False, time.perf_counter() - t0, str(output), msg))
+            record = {
+                "notebook": nb.stem,
+                "ok": runs[-1].ok,
+                "profile": profile,
+                "command": command,
+                "git_commit": git["commit"],
+                "git_dirty": git["dirty"],
+                "parameters": nb_params,
+                "started_utc": started,
+                "finished_utc": _now(),
+                "wall_seconds": round(runs[-1].seconds, 1),
+                "machine": machine(),
+            }
+            _stamp_results(profile, nb.stem, record)
+            status = "ok" if runs[-1].ok else "FAILED"
+            print(f"[run:{profile}] {nb.name}: {status} in {runs[-1].seconds:.1f} s", flush=True)
+    finally:
+        if saved_env is None:
+            os.environ.pop("PROTEGO_OUTPUT_DIR", None)
+        else:
+            os.environ["PROTEGO_OUTPUT_DIR"] = saved_env
     summary = {
         "profile": profile,
+        "command": command,
         "notebooks": [asdict(r) for r in runs],
         "total_seconds": sum(r.seconds for r in runs),
         "provenance": provenance(),

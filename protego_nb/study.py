@@ -420,6 +420,48 @@ def user_images(split: Split, user: str) -> list[str]:
     return sorted(set(u.train) | set(u.queries) | set(u.gallery_seen) | set(u.gallery_unseen))
 
 
+def per_user(df, keys: Sequence[str] = ("model", "method", "scenario"), value: str = "recall",
+             scale: float = 100.0, metric: str = "native") -> dict:
+    """Nested ``{key1: {key2: ... {user: value * scale}}}`` of ``evaluate`` rows (one metric): the per-user
+    numbers a run JSON keeps so that tables and paired comparisons can be regenerated from it."""
+    sub = df[df["native"]] if metric == "native" else df[df["metric"] == metric]
+    out: dict = {}
+    for _, row in sub.iterrows():
+        node = out
+        for k in keys:
+            node = node.setdefault(str(row[k]), {})
+        v = row[value]
+        node[str(row["user"])] = None if v != v else float(v) * scale
+    return out
+
+
+def missing_faces(faces: Mapping[str, FaceSet], distractors: FaceSet) -> dict:
+    """Images of the split that gave no canvas (users' and distractors'), by id with the reason; these are
+    not scored (``retrieval`` drops them and counts them in ``n_missing``)."""
+    users = {i: r for fs in faces.values() for i, r in fs.missing.items()}
+    return {
+        "users": dict(sorted(users.items())),
+        "distractors": dict(sorted(distractors.missing.items())),
+        "n_user_images": sum(len(fs) + len(fs.missing) for fs in faces.values()),
+        "n_user_images_scored": sum(len(fs) for fs in faces.values()),
+        "n_distractors": len(distractors) + len(distractors.missing),
+        "n_distractors_scored": len(distractors),
+        "no_mesh": sorted(i for fs in faces.values() for i in fs.no_mesh),
+    }
+
+
+def check_methods(methods: Sequence[str], optional: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """``(available, skipped)``: a method that is not registered is an error unless ``optional`` lists it."""
+    unknown = [m for m in methods if m not in METHODS]
+    required = [m for m in unknown if m not in set(optional)]
+    if required:
+        raise KeyError(
+            f"methods {required} are not registered (registered: {sorted(METHODS)}); list them under "
+            "OPTIONAL_METHODS in the profile to run without them"
+        )
+    return [m for m in methods if m in METHODS], unknown
+
+
 def recall_table(df, metric: str = "native"):
     """Pivot ``evaluate_users`` output to mean recall (%) per (model, method) x scenario."""
     sub = df[df["native"]] if metric == "native" else df[df["metric"] == metric]
@@ -484,7 +526,12 @@ def evaluate(
     protect_others: bool = True,
     include_others: bool = True,
 ):
-    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``."""
+    """Retrieval rows for every (model, method, user, scenario, metric); see ``retrieval.evaluate_users``.
+
+    ``include_others``: the other users' gallery entries are in each user's gallery (False: only the
+    user's own entries and the distractors); ``protect_others``: those entries follow the gallery's
+    protection state.
+    """
     import pandas as pd
 
     from .models import zoo
@@ -497,7 +544,13 @@ def evaluate(
             f = features_for(model, name, faces, distractors, prots, device=device, method=method)
             rows.append(
                 retrieval.evaluate_users(
-                    f, split, scenarios=scenarios, metric=metric, users=users, protect_others=protect_others
+                    f,
+                    split,
+                    scenarios=scenarios,
+                    metric=metric,
+                    users=users,
+                    protect_others=protect_others,
+                    include_others=include_others,
                 )
             )
     return pd.concat(rows, ignore_index=True)
@@ -589,6 +642,18 @@ def cohesion(emb_by_user: Mapping[str, np.ndarray]) -> dict[str, float]:
     }
 
 
+def within_cosine(emb_by_user: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per user, the mean pairwise cosine between two different images of theirs (NaN for one image):
+    the per-user numbers behind :func:`cohesion`'s ``within``, for paired comparisons across methods."""
+    out = {}
+    for u, e in emb_by_user.items():
+        z = np.asarray(e, dtype=np.float64)
+        z = z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
+        g = z @ z.T
+        out[u] = float((g.sum() - np.trace(g)) / (len(z) * (len(z) - 1))) if len(z) > 1 else float("nan")
+    return out
+
+
 # ---------------------------------------------------------------------------------------- ablations
 #: name -> (method, TrainConfig overrides, what it tests). ``surrogates`` in overrides is handled by
 #: :func:`run_ablation` (a prefix length of the surrogate list), everything else goes to the config.
@@ -651,7 +716,7 @@ def ablation_setup(
     return method, c, list(surrogate_names)[:k] + extra
 
 
-def run_ablation(
+def ablation_rows(
     names: Sequence[str],
     split: Split,
     faces: Mapping[str, FaceSet],
@@ -661,13 +726,16 @@ def run_ablation(
     cfg: tr.TrainConfig,
     device: str = "cpu",
 ):
-    """One row per ablation: black-box and white-box recall (1b/1a/2b/2a), SSIM, train time."""
+    """Per-user numbers of every ablation: one row per (ablation, user) with black-box recall
+    ``bb_1b/1a/2b/2a``, white-box (first surrogate) ``wb_1b/2a``, mean SSIM and training seconds.
+
+    Each user's gallery is their own entries and the distractors (the other users are left out), so a
+    user's numbers depend only on their own protection and the rows pair across ablations."""
     import pandas as pd
 
     rows = []
     for name in names:
         method, c, sur_names = ablation_setup(name, cfg, surrogate_names)
-        what = ABLATIONS[name][2]
         sur = load_surrogates(sur_names, intruder, device)
         prots = protect_users(
             [method], split, faces, sur, c, device=device, intruder=intruder, progress=False
@@ -685,14 +753,47 @@ def run_ablation(
             protect_others=False,
             include_others=False,
         )
-        t = recall_table(d)
-        q = quality_table(faces, prots, c.eps)
-        row = {"ablation": name, "what": what, "method": method}
-        for s in ("1b", "1a", "2b", "2a"):
-            row[f"bb_{s}"] = float(t.loc[(intruder, method), s])
-        row["wb_2a"] = float(t.loc[(white, method), "2a"])
-        row["wb_1b"] = float(t.loc[(white, method), "1b"])
-        row["ssim"] = float(q["ssim"].mean())
-        row["train_s_per_user"] = float(np.mean([p.train_seconds for p in prots[method].values()]))
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("ablation")
+        d = d[d["native"]].set_index(["model", "scenario", "user"])["recall"] * 100
+        q = quality_table(faces, prots, c.eps).groupby("user")["ssim"].mean()
+        for u in faces:
+            row = {"ablation": name, "user": u, "method": method}
+            for s_ in ("1b", "1a", "2b", "2a"):
+                row[f"bb_{s_}"] = float(d.loc[(intruder, s_, u)])
+            row["wb_1b"] = float(d.loc[(white, "1b", u)])
+            row["wb_2a"] = float(d.loc[(white, "2a", u)])
+            row["ssim"] = float(q.loc[u])
+            row["train_s"] = float(prots[method][u].train_seconds)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+ABLATION_VALUES = ("bb_1b", "bb_1a", "bb_2b", "bb_2a", "wb_1b", "wb_2a", "ssim", "train_s")
+
+
+def ablation_per_user(rows) -> dict:
+    """:func:`ablation_rows` as the run JSON keeps it: ``{ablation: {"what", "method", column: {user: v}}}``."""
+    out = {}
+    for name, g in rows.groupby("ablation", sort=False):
+        out[name] = {"what": ABLATIONS[name][2], "method": str(g["method"].iloc[0])}
+        for c in ABLATION_VALUES:
+            out[name][c] = {str(u): float(v) for u, v in zip(g["user"], g[c])}
+    return out
+
+
+def run_ablation(
+    names: Sequence[str],
+    split: Split,
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    surrogate_names: Sequence[str],
+    intruder: str,
+    cfg: tr.TrainConfig,
+    device: str = "cpu",
+):
+    """One row per ablation: mean over users of :func:`ablation_rows` (recall in %, SSIM, train time)."""
+    rows = ablation_rows(names, split, faces, distractors, surrogate_names, intruder, cfg, device)
+    cols = ["bb_1b", "bb_1a", "bb_2b", "bb_2a", "wb_2a", "wb_1b", "ssim", "train_s"]
+    t = rows.groupby("ablation", sort=False)[cols].mean().rename(columns={"train_s": "train_s_per_user"})
+    t.insert(0, "method", rows.groupby("ablation", sort=False)["method"].first())
+    t.insert(0, "what", [ABLATIONS[n][2] for n in t.index])
+    return t

@@ -1,7 +1,10 @@
 """Every notebook, executed end to end by the runner with the ci profile; assertions on what it wrote.
 
-One session-scoped run executes all notebooks (as `python -m protego_nb.run --profile ci` does);
-each test then checks one notebook's numbers and figures, not merely that it ran.
+One session-scoped run executes all notebooks (as `python -m protego_nb.run --profile ci` does) into a
+fresh temporary output folder (PROTEGO_OUTPUT_DIR, which the papermill kernel inherits), so every file the
+tests read was written by this run; each test then checks one notebook's numbers and figures, with
+properties that a broken notebook would fail (the ci parameters arrived, the L-inf bound holds, the log-det
+term lowers white-box 2a, one row per configured method), not merely that it ran.
 """
 
 import json
@@ -16,72 +19,100 @@ PROFILE = "ci"
 
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory):
-    runs = run.run(PROFILE, progress=False)
-    return {r.notebook: r for r in runs}
+    out = tmp_path_factory.mktemp("ci_outputs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROTEGO_OUTPUT_DIR", str(out))
+        runs = run.run(PROFILE, progress=False)
+    return {"runs": {r.notebook: r for r in runs}, "out": out, "params": run.load_params(PROFILE)}
 
 
-def _results(name):
-    return json.loads((paths.results_dir(PROFILE, create=False) / f"{name}.json").read_text())
+def _dirs(ci_run):
+    root = ci_run["out"]
+    return root / "papermill_runs" / PROFILE, root / "papermill_runs" / PROFILE / "results", root / "figures" / PROFILE
 
 
-def _fig(name):
-    f = paths.figures_dir(PROFILE, create=False) / f"{name}.png"
+def _results(ci_run, name):
+    r = json.loads((_dirs(ci_run)[1] / f"{name}.json").read_text())
+    # written by this run, with the ci parameters the runner injected
+    nb = next(p for p in run.list_notebooks() if p.stem == name)
+    assert r["_format"] == 2 and r["_profile"] == PROFILE
+    assert r["_run"]["parameters"] == run.parameters_for(nb, PROFILE) and r["_run"]["ok"]
+    return r
+
+
+def _fig(ci_run, name):
+    f = _dirs(ci_run)[2] / f"{name}.png"
     assert f.exists() and f.stat().st_size > 5000, f"missing or empty figure {f}"
     assert (f.with_suffix(".pdf")).exists()
 
 
-def test_all_notebooks_ran(ci_run):
-    failed = {k: r.error[-2000:] for k, r in ci_run.items() if not r.ok}
+def _table(ci_run, name):
+    f = _dirs(ci_run)[1] / f"{name}.md"
+    assert f.exists(), f
+    return f.read_text()
+
+
+def _ok(ci_run, name):
+    r = ci_run["runs"][name]
+    assert r.ok, r.error[-2000:]
+
+
+def test_all_notebooks_ran_into_the_temporary_folder(ci_run):
+    failed = {k: r.error[-2000:] for k, r in ci_run["runs"].items() if not r.ok}
     assert not failed, failed
-    assert set(ci_run) == {nb.stem for nb in run.list_notebooks()}
+    assert set(ci_run["runs"]) == {nb.stem for nb in run.list_notebooks()}
+    assert all(str(ci_run["out"]) in r.output for r in ci_run["runs"].values())
 
 
 def test_00_data_and_models(ci_run, lfw):
-    assert ci_run["00_data_and_models"].ok, ci_run["00_data_and_models"].error[-2000:]
-    r = _results("00_data_and_models")
+    _ok(ci_run, "00_data_and_models")
+    r = _results(ci_run, "00_data_and_models")
+    p = ci_run["params"]
     assert r["dataset"]["n_images"] == 13233 and r["dataset"]["n_identities"] == 5749
-    assert len(r["split"]["users"]) == 3
-    assert r["split"]["n_distractors"] == 300
+    assert len(r["split"]["users"]) == p["common"]["N_USERS"] == 3
+    assert r["split"]["n_distractors"] == p["common"]["MAX_DISTRACTORS"]
     assert not set(r["split"]["users"]) & {d.split("/")[0] for d in data.Split.load(
         paths.REPO_ROOT / r["split"]["manifest"]).distractors}
     det = r["detection"]
-    assert det["n_images"] == 60
-    assert det["n_canvases"] + sum(det["failures"].values()) == 60
+    assert det["n_images"] == p["00_data_and_models"]["DETECT_LIMIT"]
+    assert det["n_canvases"] + sum(det["failures"].values()) == det["n_images"]
     assert det["failure_rate"] < 0.1  # LFW faces are easy; a broken detector fails most
     assert r["canvas_landmark_error_px"] < 5.0  # least-squares similarity residual (pose, expression)
     ver = {row["model"]: row for row in r["verification"]["per_model"]}
-    assert r["verification"]["n_pairs"] == 100
+    assert r["verification"]["n_pairs"] == 10 * p["00_data_and_models"]["VERIFY_PER_FOLD"]
     for name in ("sface", "mobilefacenet", "dlib_resnet"):  # strong models: a preprocessing slip drops these to ~50-80%
         assert ver[name]["status"] == "ok" and ver[name]["accuracy"] >= 95.0, ver[name]
     assert ver["faceres"]["accuracy"] >= 85.0
-    assert ver["facenet_vggface2"]["status"] == "unavailable" and "GitHub" in ver["facenet_vggface2"]["note"]
     assert {t["model"] for t in r["throughput"]} >= {"sface", "dlib_resnet"}
     assert all(t["forward_per_s"] > 0 and t["forward_backward_per_s"] > 0 for t in r["throughput"])
     for name in ("00_images_per_identity", "00_detection_outcomes", "00_user_canvases", "00_verification_roc"):
-        _fig(name)
-    assert (paths.results_dir(PROFILE, create=False) / "00_split_lfw_paper_ci.md").exists()
+        _fig(ci_run, name)
+    _table(ci_run, "00_split_lfw_paper_ci")
     # provenance is printed by the last cell
-    nb = json.loads((paths.runs_dir(PROFILE, create=False) / "00_data_and_models.ipynb").read_text())
+    nb = json.loads((_dirs(ci_run)[0] / "00_data_and_models.ipynb").read_text())
     assert "versions" in json.dumps(nb["cells"][-1].get("outputs", []))
 
 
 def test_01_uv_exploration(ci_run):
-    assert ci_run["01_uv_exploration"].ok, ci_run["01_uv_exploration"].error[-2000:]
-    r = _results("01_uv_exploration")
+    _ok(ci_run, "01_uv_exploration")
+    r = _results(ci_run, "01_uv_exploration")
+    assert r["params"]["n_coverage_images"] == ci_run["params"]["01_uv_exploration"]["N_COVERAGE_IMAGES"]
     assert r["mesh_failures"] == 0
     assert r["coverage"]["fraction_face_texels"] > 0.95  # every face texel is read by some LFW photo
     assert 0.15 < r["mean_visible_fraction"] < 0.4
     assert r["visible_vs_yaw"]["texture_seen"]["pearson_abs_yaw"] < 0  # turned faces show less of the texture
-    assert r["ms_per_canvas"]["total_ms"] > 0
-    figs = sorted(p.stem for p in paths.figures_dir(PROFILE, create=False).glob("01_*.png"))
+    figs = sorted(p.stem for p in _dirs(ci_run)[2].glob("01_*.png"))
     assert len(figs) >= 7, figs
 
 
 def test_02_ppt_training(ci_run):
-    assert ci_run["02_ppt_training"].ok, ci_run["02_ppt_training"].error[-2000:]
-    r = _results("02_ppt_training")
+    _ok(ci_run, "02_ppt_training")
+    r = _results(ci_run, "02_ppt_training")
+    p = ci_run["params"]["common"]
     user = r["params"]["user"]
-    assert r["faces"]["n_images"] == 20 and not r["faces"]["no_mesh"]
+    assert r["params"]["config"]["epochs"] == p["EPOCHS"] and r["params"]["surrogates"] == p["SURROGATES"]
+    assert r["faces"]["n_images"] == p["MAX_IMAGES"] and not r["faces"]["no_mesh"]
+    assert r["faces"]["n_distractors"] == p["MAX_DISTRACTORS"] and "distractors" in r["faces"]
     assert all(v > 0 for v in r["train_steps"].values())
     for method, q in r["quality"].items():
         assert q["linf_255_max"] <= 16.0 + 1e-3, method  # the L-inf budget holds on every canvas
@@ -90,63 +121,95 @@ def test_02_ppt_training(ci_run):
     assert rec["sface/protego"]["1b"] >= 90  # the clean baseline: the intruder finds this user
     # even a tiny white-box run moves the trained-on surrogate's 2a below its clean 1b
     assert rec["dlib_resnet/protego"]["2a"] < rec["dlib_resnet/protego"]["1b"]
-    ppt = paths.runs_dir(PROFILE, create=False) / "ppts" / f"{user}.protego.ppt"
     from protego_nb.protect.texture import load_ppt
 
-    texture, meta = load_ppt(ppt)
-    assert texture.abs().max() <= float(meta["epsilon"]) + 1e-6
+    texture, meta = load_ppt(_dirs(ci_run)[0] / "02_ppts" / f"{user}.protego.ppt")
+    assert float(meta["epsilon"]) == pytest.approx(p["EPSILON_255"] / 255)
+    assert texture.abs().max() <= float(meta["epsilon"]) + 1e-6  # Protego's texture respects its L-inf bound
     for name in ("02_loss_curves", "02_texture", "02_before_after", "02_recall_blackbox"):
-        _fig(name)
-
-
-def test_05_recall_tables(ci_run):
-    assert ci_run["05_recall_tables"].ok, ci_run["05_recall_tables"].error[-2000:]
-    r = _results("05_recall_tables")
-    methods = r["params"]["methods"]
-    assert {"protego", "chameleon"} <= set(methods)
-    for m in methods:
-        row = r["main"][m]
-        assert row["1b"] >= 90, (m, row)  # the black-box intruder finds unprotected users
-        for s in ("1a", "2b", "2a", "2a-unseen"):
-            assert 0 <= row[s] <= 100
-        assert 0.8 < row["ssim"] <= 1
-    # every method is protected and scored the same way: identical clean baseline
-    assert len({round(r["main"][m]["1b"], 6) for m in methods}) == 1
-    assert set(r["robustness"]) == {f"{t}/{m}" for t in ("jpeg75", "blur") for m in methods}
-    for m in methods:  # coverage 0 and 1 are the b and a scenarios
-        assert r["coverage"][m]["1b"] == r["main"][m]["1b"] and r["coverage"][m]["2a"] == r["main"][m]["2a"]
-    loo = r["leave_one_out"]  # ci: mobilefacenet held out, Protego trained on sface + dlib_resnet + faceres
-    assert set(loo) == {"mobilefacenet/protego"}
-    assert loo["mobilefacenet/protego"]["1b"] >= 90 and 0 <= loo["mobilefacenet/protego"]["2a"] <= 100
-    assert (paths.results_dir(PROFILE, create=False) / "05_leave_one_out.md").exists()
-    t = r["targets"]
-    assert {"protego_2a_over_1b", "reduction_ratio", "target_ssim_ge_0.95"} <= set(t)
-    for name in ("05_main_table", "05_coverage"):
-        _fig(name)
-    for table in ("05_main_table", "05_all_models", "05_robustness", "05_coverage"):
-        assert (paths.results_dir(PROFILE, create=False) / f"{table}.md").exists()
+        _fig(ci_run, name)
 
 
 def test_03_dense_cluster_umap(ci_run):
-    assert ci_run["03_dense_cluster_umap"].ok, ci_run["03_dense_cluster_umap"].error[-2000:]
-    r = _results("03_dense_cluster_umap")
-    coh = r["cohesion"]
-    for model in r["params"]["models"]:
+    _ok(ci_run, "03_dense_cluster_umap")
+    r = _results(ci_run, "03_dense_cluster_umap")
+    nbp = ci_run["params"]["03_dense_cluster_umap"]
+    assert r["params"]["methods"] == nbp["METHODS"] and r["params"]["models"] == nbp["MODELS"]
+    coh, per = r["cohesion"], r["per_user"]["cohesion_within"]
+    for model in nbp["MODELS"]:
         clean = coh[f"{model}/clean"]
         assert clean["within"] > clean["between"]  # clean embeddings cluster by identity
-        for m in r["params"]["methods"]:
-            assert -1 <= coh[f"{model}/{m}"]["within"] <= 1
-        _fig(f"03_umap_{model}")
-    _fig("03_cohesion")
+        assert set(per[model]) == {"clean", *nbp["METHODS"]}
+        assert all(len(v) == ci_run["params"]["common"]["N_USERS"] for v in per[model].values())
+        _fig(ci_run, f"03_umap_{model}")
+    # white-box, Protego's log-det term scatters the user's protected photos more than the Chameleon-style mask
+    assert coh["dlib_resnet/protego"]["within"] < coh["dlib_resnet/chameleon"]["within"]
+    _fig(ci_run, "03_cohesion")
+    assert "protego - chameleon" in _table(ci_run, "03_cohesion_paired")
 
 
 def test_04_gram_volume_ablations(ci_run):
-    assert ci_run["04_gram_volume_ablations"].ok, ci_run["04_gram_volume_ablations"].error[-2000:]
-    r = _results("04_gram_volume_ablations")
-    abl = r["ablations"]
-    assert set(abl) == {"base", "no_logdet", "logdet_plain", "per_term", "flat_2d", "one_surrogate", "blur_view"}
+    _ok(ci_run, "04_gram_volume_ablations")
+    r = _results(ci_run, "04_gram_volume_ablations")
+    nbp = ci_run["params"]["04_gram_volume_ablations"]
+    abl, per = r["ablations"], r["per_user"]["ablations"]
+    assert list(abl) == nbp["ABLATIONS"] and list(per) == nbp["ABLATIONS"]
+    n_users = nbp["ABLATION_USERS"]
+    for name, a in per.items():
+        assert all(len(a[c]) == n_users for c in ("bb_2a", "wb_2a", "ssim")), name
     assert len({round(v["bb_1b"], 6) for v in abl.values()}) == 1  # same users, same clean baseline
-    for name, row in abl.items():
-        assert 0 <= row["bb_2a"] <= 100 and 0 < row["ssim"] <= 1 and row["train_s_per_user"] > 0, name
     assert abl["base"]["method"] == "protego" and abl["no_logdet"]["method"] == "protego_nologdet"
-    _fig("04_ablations")
+    # the log-det term is what cuts white-box 2a: without it 2a is higher than the base run's
+    assert abl["no_logdet"]["wb_2a"] > abl["base"]["wb_2a"]
+    # one table row per configured ablation, and a paired row per lever and column
+    table = _table(ci_run, "04_ablations")
+    assert [ln.split("|")[1].strip() for ln in table.splitlines()[2:]] == nbp["ABLATIONS"]
+    paired = _table(ci_run, "04_ablations_paired")
+    assert len(paired.splitlines()) == 2 + 3 * (len(nbp["ABLATIONS"]) - 1)
+    _fig(ci_run, "04_ablations")
+
+
+def test_05_recall_tables(ci_run):
+    _ok(ci_run, "05_recall_tables")
+    r = _results(ci_run, "05_recall_tables")
+    nbp, common = ci_run["params"]["05_recall_tables"], ci_run["params"]["common"]
+    methods = r["params"]["methods"]
+    assert methods == nbp["METHODS"] and r["params"]["skipped_optional_methods"] == []
+    assert r["params"]["n_users"] == common["N_USERS"] and r["params"]["intruder"] == common["INTRUDER"]
+    per = r["per_user"]["native"]
+    assert set(per) == set(nbp["EVAL_MODELS"])
+    for m in methods:
+        assert r["main"][m]["1b"] >= 90, (m, r["main"][m])  # the black-box intruder finds unprotected users
+        assert len(per[common["INTRUDER"]][m]["2a"]) == common["N_USERS"]  # per-user values are kept
+        assert 0.8 < r["main"][m]["ssim"] <= 1
+    # every method is protected and scored the same way: identical clean baseline, user by user
+    assert len({json.dumps(per[common["INTRUDER"]][m]["1b"], sort_keys=True) for m in methods}) == 1
+    # white-box, the trained-on surrogate sees Protego's 2a fall below its clean 1b
+    wb = {s: sum(per["dlib_resnet"]["protego"][s].values()) for s in ("1b", "2a")}
+    assert wb["2a"] < wb["1b"]
+    # one table row per configured method; paired rows for every other method
+    main = _table(ci_run, "05_main_table")
+    assert [ln.split("|")[1].strip() for ln in main.splitlines()[2:]] == methods
+    assert "±" in main
+    paired = _table(ci_run, "05_paired")
+    assert len(paired.splitlines()) == 2 + 4 * (len(methods) - 1)
+    assert set(r["robustness"]) == {f"{t}/{m}" for t in nbp["TRANSFORMS"] for m in methods}
+    for m in methods:  # coverage 0 and 1 are the b and a scenarios
+        assert r["coverage"][m]["1b"] == r["main"][m]["1b"] and r["coverage"][m]["2a"] == r["main"][m]["2a"]
+    loo = r["leave_one_out"]  # ci: mobilefacenet held out, Protego trained on sface + dlib_resnet + faceres
+    assert set(loo) == {f"{h}/{m}" for h in nbp["LOO_INTRUDERS"] for m in nbp["LOO_METHODS"]}
+    assert r["params"]["loo_surrogates"]["mobilefacenet"] == ["sface", "dlib_resnet", "faceres"]
+    assert loo["mobilefacenet/protego"]["1b"] >= 90
+    f = r["faces"]
+    assert f["n_distractors"] == common["MAX_DISTRACTORS"]
+    assert f["n_distractors_scored"] + len(f["distractors"]) == f["n_distractors"]
+    assert set(r["targets"]["met"]) == set(_table_rows(_table(ci_run, "05_targets")))
+    for name in ("05_main_table", "05_coverage"):
+        _fig(ci_run, name)
+    for table in ("05_all_models", "05_all_models_cosine", "05_robustness", "05_coverage", "05_leave_one_out",
+                  "05_leave_one_out_paired", "05_faces"):
+        _table(ci_run, table)
+
+
+def _table_rows(md):
+    return [ln.split("|")[1].strip() for ln in md.splitlines()[2:]]

@@ -109,3 +109,49 @@ def test_per_image_cache_hit_reports_the_recorded_time(setup, tmp_cache):
     assert a.seconds >= 0.05 and b.seconds == pytest.approx(a.seconds, abs=1e-3)
     assert torch.equal(a.protected, b.protected)  # rounded to float16 on the first run too
     assert a.protected.dtype == torch.float32
+
+
+def test_include_others_reaches_the_gallery(setup, tmp_cache):
+    """study.evaluate(include_others=False) leaves the other users' entries out of each gallery (it used to
+    be ignored): the galleries shrink by the other user's gallery entries and the recall may change."""
+    split, faces, dis, sur = setup
+    cfg = tr.TrainConfig.from_preset("ci", epochs=1)
+    prots = study.protect_users(["protego"], split, faces, sur, cfg, progress=False)
+    kw = dict(scenarios=["1b", "2a"], metric=("native",))
+    with_o = study.evaluate(["dlib_resnet"], split, faces, dis, prots, include_others=True, **kw)
+    without = study.evaluate(["dlib_resnet"], split, faces, dis, prots, include_others=False, **kw)
+    assert (with_o["n_other_user_entries"] > 0).all() and (without["n_other_user_entries"] == 0).all()
+    other = {u: len(split.users[v].gallery) for u in split.user_names for v in split.user_names if v != u}
+    for (_, a), (_, b) in zip(with_o.iterrows(), without.iterrows()):
+        assert a["gallery_size"] - b["gallery_size"] == other[a["user"]]
+    # per-user values, as the run JSON keeps them
+    per = study.per_user(without)
+    assert set(per["dlib_resnet"]["protego"]["1b"]) == set(split.user_names)
+    assert all(0 <= v <= 100 for v in per["dlib_resnet"]["protego"]["2a"].values())
+
+
+def test_missing_faces_count_users_and_distractors(lfw):
+    """Marilyn_Monroe_0001 has no detectable face: as a distractor it is counted and named, not silently dropped."""
+    split = data.make_split(lfw, users=["Tony_Blair"], seed=0, max_images=4, max_distractors=3)
+    split.distractors = sorted(split.distractors[:2] + ["Marilyn_Monroe/Marilyn_Monroe_0001.jpg"])
+    faces, dis = study.load_study_faces(lfw, split)
+    m = study.missing_faces(faces, dis)
+    assert list(m["distractors"]) == ["Marilyn_Monroe/Marilyn_Monroe_0001.jpg"]
+    assert m["n_distractors"] == 3 and m["n_distractors_scored"] == 2
+    assert m["users"] == {} and m["n_user_images"] == m["n_user_images_scored"] == 4
+
+
+def test_a_missing_method_is_an_error_unless_optional():
+    assert study.check_methods(["protego", "chameleon"]) == (["protego", "chameleon"], [])
+    with pytest.raises(KeyError, match="not_a_method"):
+        study.check_methods(["protego", "not_a_method"])
+    assert study.check_methods(["protego", "not_a_method"], optional=["not_a_method"]) == (["protego"], ["not_a_method"])
+
+
+def test_within_cosine_per_user_matches_cohesion():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    emb = {"a": rng.normal(size=(4, 8)), "b": rng.normal(size=(3, 8)) + 2}
+    w = study.within_cosine(emb)
+    assert np.mean(list(w.values())) == pytest.approx(study.cohesion(emb)["within"])

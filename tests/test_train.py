@@ -308,3 +308,48 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
     assert cfg.replace(grad_smooth=2.0).key_dict()["grad_smooth"] == 2.0
+
+
+# ---------------------------------------------------------------- one loss definition
+
+
+def test_training_uses_protego_loss_once_per_step(monkeypatch):
+    calls = []
+    real = losses.protego_loss
+
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(losses, "protego_loss", spy)
+    c, lm, w = _data(8)
+    r = T.train_ppt(c, lm, w, MODELS, _cfg(epochs=2, blur_view=1.0), progress=False)
+    assert len(calls) == r.steps == 4
+    assert all(kw["views"] is not None and kw["lazy_ssim"] for kw in calls)
+
+
+def test_first_step_loss_is_the_authors_formula():
+    """The loss train_ppt records at step 0 equals the authors' formula, evaluated independently (torch.det)."""
+    c, lm, w = _data(8)
+    cfg = _cfg(epochs=1, min_ssim=0.999)  # the SSIM hinge is active
+    r = T.train_ppt(c, lm, w, MODELS, cfg, progress=False)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    tex = X.init_texture(cfg.eps, gen, cfg.texture_size)
+    idx = torch.arange(cfg.batch_size)  # ci preset: no shuffling
+    x = c[idx]
+    xp = torch.clamp(x + w.select(idx).perturbation(tex, cfg.eps), 0, 1)
+    hinge = max(cfg.min_ssim - L_ssim(xp, x), 0.0)
+    assert hinge > 0
+    per_model = []
+    for m in MODELS:
+        zp, zc = m(xp, lm[idx]).double(), m(x, lm[idx]).double()
+        zn = torch.nn.functional.normalize(zp, dim=1)
+        gram = zn @ zn.T + losses.GRAM_C * torch.eye(len(idx), dtype=torch.float64)
+        l_hyper = -math.log(torch.linalg.det(gram).item() + losses.GRAM_C)
+        l_feat = torch.nn.functional.cosine_similarity(zp, zc).mean().item()
+        per_model.append(l_hyper + l_feat + 1.0 * hinge)  # the SSIM weight starts at 1
+    assert r.history["total"][0] == pytest.approx(sum(per_model) / len(per_model), rel=1e-4)
+
+
+def L_ssim(a, b):
+    return float(losses.ssim(a, b))

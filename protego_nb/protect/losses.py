@@ -35,6 +35,7 @@ __all__ = [
     "GRAM_C",
     "LOGDET_FORMS",
     "DynamicSSIMWeight",
+    "LossTerms",
     "cosine_term",
     "ensemble_terms",
     "gram_logdet",
@@ -207,6 +208,23 @@ def ensemble_terms(
     return terms, values
 
 
+@dataclass
+class LossTerms:
+    """What :func:`protego_loss` computed, for callers that need more than the total (the training loop).
+
+    ``feature_terms``: ``(key, weight, value)`` of every feature term that enters the total (the smoothed
+    views' keys end in ``/<view>``); ``hinge``: the SSIM hinge ``max(floor - SSIM, 0)`` (a zero tensor
+    without images, or, with ``lazy_ssim``, above the floor); ``ssim_weight`` its weight. The total is
+    ``sum(w * v for feature_terms) + ssim_weight * hinge``, summed in that order.
+    """
+
+    total: torch.Tensor
+    feature_terms: list[tuple[str, float, torch.Tensor]]
+    hinge: torch.Tensor
+    ssim_weight: float
+    parts: dict[str, float]
+
+
 def protego_loss(
     prot_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
     clean_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
@@ -221,8 +239,11 @@ def protego_loss(
     cosine_weight: float = 1.0,
     model_weights: Mapping[str, float] | None = None,
     c: float = GRAM_C,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The Protego loss over a surrogate ensemble, and its parts.
+    views: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    lazy_ssim: bool = False,
+    return_terms: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]] | LossTerms:
+    """The Protego loss over a surrogate ensemble, and its parts. The one definition: ``train_ppt`` calls it.
 
     ``prot_feats[name]`` / ``clean_feats[name]`` are one model's ``[N, D]`` embeddings of the protected and
     clean canvases (clean ones constant). With the defaults this is the authors' loss
@@ -230,13 +251,17 @@ def protego_loss(
     ``f`` as the authors do leaves it unchanged). ``use_logdet=False`` gives the Chameleon-style baseline
     (cosine + SSIM). ``model_weights`` (default 1 each) give a weighted mean over models.
 
+    ``views``: features of transformed copies of the protected canvases (``{"blur": {name: [N, D]}}``, the
+    LowKey-style smoothed view); the feature loss is then the mean over the canvas and every view.
+    ``lazy_ssim``: compute SSIM without autograd first and build the hinge's graph only at or below the
+    floor (above it the hinge and its gradient are exactly zero, and a no-grad SSIM is cheaper than SSIM
+    forward+backward); the value and gradient are the same.
+
     Without ``x_prot``/``x_clean`` the SSIM term is omitted. Returns ``(total, parts)`` with ``parts``
-    holding floats: ``logdet/<name>`` (logged even when unused), ``cosine/<name>``, ``ssim``,
-    ``ssim_hinge``, ``ssim_weight``, ``total``.
+    holding floats: ``logdet/<name>`` (logged even when unused), ``cosine/<name>`` (of the canvas, not the
+    views), ``ssim``, ``ssim_hinge``, ``ssim_weight``, ``total``; with ``return_terms`` a :class:`LossTerms`.
     """
-    terms, parts = ensemble_terms(
-        prot_feats,
-        clean_feats,
+    kw = dict(
         logdet_form=logdet_form,
         use_logdet=use_logdet,
         logdet_weight=logdet_weight,
@@ -244,12 +269,30 @@ def protego_loss(
         model_weights=model_weights,
         c=c,
     )
+    terms, parts = ensemble_terms(prot_feats, clean_feats, **kw)
+    if views:
+        share = 1.0 / (1 + len(views))
+        terms = [(k, w * share, v) for k, w, v in terms]
+        for view, feats in views.items():
+            terms_v, _ = ensemble_terms(feats, clean_feats, **kw)
+            terms += [(f"{k}/{view}", w * share, v) for k, w, v in terms_v]
     total = sum(w * v for _, w, v in terms)
+    hinge = torch.zeros((), dtype=terms[0][2].dtype, device=terms[0][2].device)
     if x_prot is not None and x_clean is not None:
-        hinge, s = ssim_hinge(x_prot, x_clean, min_ssim)
-        total = total + ssim_weight * hinge
+        if lazy_ssim:
+            with torch.no_grad():
+                s = ssim(x_prot, x_clean)
+            if float(s) <= min_ssim:
+                hinge, _ = ssim_hinge(x_prot, x_clean, min_ssim)
+            else:
+                hinge = torch.zeros((), device=x_prot.device)
+        else:
+            hinge, s = ssim_hinge(x_prot, x_clean, min_ssim)
         parts["ssim"] = float(s.detach())
         parts["ssim_hinge"] = float(hinge.detach())
         parts["ssim_weight"] = float(ssim_weight)
+        total = total + ssim_weight * hinge
     parts["total"] = float(total.detach())
+    if return_terms:
+        return LossTerms(total, terms, hinge, float(ssim_weight), parts)
     return total, parts

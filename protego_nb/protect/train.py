@@ -7,9 +7,8 @@ surrogate models, and ``U <- clamp(U - lr * sign(g), -eps, eps)`` with ``g`` the
 SSIM hinge weight follows the halve/double/reset schedule. Differences, none of which change the
 optimisation of the default configuration: clean features are computed once (no autograd) and cached, the
 log-det is evaluated stably (see :mod:`.losses`), the SSIM hinge's graph is built only for batches at or
-below the floor (above it the hinge and its gradient are zero; SSIM forward+backward costs about 6x a
-no-grad SSIM on CPU: 1.25 s vs 0.20 s for 16 canvases of 224, 1 thread),
-and random numbers come from one explicit generator.
+below the floor (above it the hinge and its gradient are zero, and a no-grad SSIM is cheaper than SSIM
+forward+backward), and random numbers come from one explicit generator.
 
 Named presets (:data:`PRESETS`): ``release`` - the released code's config (100 epochs, batch 16,
 step ``0.01 eps``, SSIM floor 0.95, eps 16/255, init seed 114); ``paper`` - the paper's stated
@@ -461,14 +460,6 @@ def train_ppt(
 
         tex = texture.detach().clone().requires_grad_(True)
         x_prot = torch.clamp(x + warp.perturbation(tex, cfg.eps), 0.0, 1.0)
-        # SSIM without autograd first (about 6x cheaper on CPU); the hinge max(floor - SSIM, 0) has zero gradient
-        # above the floor, so its graph is built only when the batch is at or below the floor.
-        with torch.no_grad():
-            s = losses.ssim(x_prot, x)
-        if float(s) <= cfg.min_ssim:
-            hinge, _ = losses.ssim_hinge(x_prot, x, cfg.min_ssim)
-        else:
-            hinge = torch.zeros((), device=device)
         if cfg.input_diversity > 0:
             x_in, lm_in, applied = _diversity(x_prot, lm, cfg, gen)
         else:
@@ -483,24 +474,33 @@ def train_ppt(
             prot[name] = model(x_in, lm_m)
             if x_blur is not None:
                 prot_blur[name] = model(x_blur, lm_m)
-        term_kw = dict(
+        clean_b = {m: clean[m][idx.to(clean[m].device)] for m in names}
+        # the one loss definition (losses.protego_loss); the smoothed view, when on, enters as a second view
+        loss = losses.protego_loss(
+            prot,
+            clean_b,
+            x_prot,
+            x,
+            ssim_weight=ssim_w.weight,
+            min_ssim=cfg.min_ssim,
             logdet_form=cfg.logdet_form,
             use_logdet=cfg.use_logdet,
             logdet_weight=tw.get("logdet", 1.0),
             cosine_weight=tw.get("cosine", 1.0),
             model_weights=cfg.model_weights,
+            views={"blur": prot_blur} if x_blur is not None else None,
+            lazy_ssim=True,
+            return_terms=True,
         )
-        clean_b = {m: clean[m][idx.to(clean[m].device)] for m in names}
-        terms, values = losses.ensemble_terms(prot, clean_b, **term_kw)
-        if x_blur is not None:  # LowKey-style: mean of the loss on the canvas and on its smoothed view
-            terms_b, _ = losses.ensemble_terms(prot_blur, clean_b, **term_kw)
-            terms = [(k, w / 2, v) for k, w, v in terms] + [(k + "/blur", w / 2, v) for k, w, v in terms_b]
-        total = sum(w * v for _, w, v in terms) + ssim_w.weight * hinge
+        total, hinge, s = loss.total, loss.hinge, loss.parts["ssim"]
+        values = {k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/"))}
         if cfg.grad_balance == "none":
             (grad,) = torch.autograd.grad(total, tex)
         else:
             grad = torch.zeros_like(tex)
-            active = [(w, v) for _, w, v in terms if w != 0] + ([(ssim_w.weight, hinge)] if float(hinge.detach()) > 0 else [])
+            active = [(w, v) for _, w, v in loss.feature_terms if w != 0]
+            if float(hinge.detach()) > 0:
+                active.append((loss.ssim_weight, hinge))
             for i, (w, v) in enumerate(active):
                 (g,) = torch.autograd.grad(v, tex, retain_graph=i < len(active) - 1)
                 grad = grad + w * _norm(g, cfg.grad_norm)
@@ -515,12 +515,12 @@ def train_ppt(
                 direction = grad
             texture = torch.clamp(texture - cfg.lr * torch.sign(direction), -cfg.eps, cfg.eps)
 
-        record = {"step": step, "epoch": epoch, "total": float(total.detach()), "ssim": float(s.detach())}
+        record = {"step": step, "epoch": epoch, "total": float(total.detach()), "ssim": float(s)}
         record["ssim_weight"] = ssim_w.weight
         record.update(values)
         for key, val in record.items():
             history.setdefault(key, []).append(float(val))
-        ssim_w.update(float(s.detach()))
+        ssim_w.update(float(s))
         step += 1
         pbar.update(1)
         pbar.set_postfix(loss=f"{record['total']:.3f}", ssim=f"{record['ssim']:.3f}", refresh=False)

@@ -1,0 +1,268 @@
+"""The study's tables, built from a notebook's run JSON (its per-user numbers), never from memory.
+
+Notebooks 03-05 save per-user values (``per_user`` in their JSON); the same functions build the tables
+the notebook shows and the ones ``scripts/make_results.py`` regenerates into ``data/results/<profile>/``
+and the README, so a table always comes from the run it cites. Recall cells are ``mean ± std`` over users
+(percent); comparisons are paired differences over the same users with a 95% bootstrap interval
+(:mod:`.stats`), and ``effect`` is ``yes`` only when the interval excludes 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from . import stats
+
+MAIN_SCENARIOS = ("1b", "1a", "2b", "2a", "1a-unseen", "2b-unseen", "2a-unseen")
+BASE = ("1b", "1a", "2b", "2a")
+
+
+def _cell(values: Mapping[str, float] | None, digits: int = 1) -> str:
+    if not values:
+        return ""
+    m, s, _ = stats.mean_std(values)
+    return stats.fmt_mean_std(m, s, digits)
+
+
+def _n_users(values: Mapping[str, float]) -> int:
+    return stats.mean_std(values)[2]
+
+
+def _effect(p: stats.PairedDiff) -> str:
+    if p.n < 2:
+        return "n/a"
+    return "yes" if p.effect else "no"
+
+
+def paired_row(a: Mapping[str, float], b: Mapping[str, float], digits: int = 1, seed: int = 0) -> dict:
+    """``{"n", "a", "b", "difference [95% CI]", "effect"}`` for one paired comparison."""
+    p = stats.paired_bootstrap(a, b, seed=seed)
+    return {
+        "n": p.n,
+        "a": _cell({u: a[u] for u in a if u in b}, digits),
+        "b": _cell({u: b[u] for u in b if u in a}, digits),
+        "a - b [95% CI]": stats.fmt_ci(p, digits),
+        "effect": _effect(p),
+    }
+
+
+def recall_table(per: Mapping[str, Mapping[str, Mapping[str, float]]], scenarios: Sequence[str],
+                 rows: Sequence[str] | None = None, index_name: str = "method") -> pd.DataFrame:
+    """``per[row][scenario][user]`` -> rows x scenarios of ``mean ± std`` (percent)."""
+    rows = list(per) if rows is None else list(rows)
+    df = pd.DataFrame(
+        [[_cell(per[r].get(s)) for s in scenarios] for r in rows], index=pd.Index(rows, name=index_name),
+        columns=list(scenarios),
+    )
+    return df
+
+
+# ------------------------------------------------------------------------------------------- notebook 05
+def main_table(r: Mapping) -> pd.DataFrame:
+    """Black-box intruder, native similarity: methods x scenarios, SSIM and PSNR (mean ± std over users)."""
+    p = r["params"]
+    per = r["per_user"]["native"][p["intruder"]]
+    t = recall_table(per, MAIN_SCENARIOS, p["methods"])
+    q = r["per_user"]["quality"]
+    t["SSIM"] = [_cell(q[m]["ssim"], 3) for m in p["methods"]]
+    t["PSNR"] = [_cell(q[m]["psnr"], 1) for m in p["methods"]]
+    t["users"] = [_n_users(per[m]["1b"]) for m in p["methods"]]
+    return t
+
+
+def models_table(r: Mapping, metric: str = "native", scenarios: Sequence[str] = MAIN_SCENARIOS) -> pd.DataFrame:
+    """Every scored model (intruder and white-box surrogates) x method: recall mean ± std."""
+    p = r["params"]
+    per = r["per_user"][metric]
+    rows, idx = [], []
+    for model in p["eval_models"]:
+        for m in p["methods"]:
+            idx.append((model, m))
+            rows.append([_cell(per[model][m].get(s)) for s in scenarios])
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["model", "method"]),
+                        columns=list(scenarios))
+
+
+def methods_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] = ("1a", "2b", "2a", "2a-unseen"),
+                   model: str | None = None) -> pd.DataFrame:
+    """``ref`` against every other method on the same users (black-box by default): recall difference
+    ``ref - other`` (negative: ``ref`` protects better) with a 95% paired bootstrap interval."""
+    p = r["params"]
+    model = model or p["intruder"]
+    per = r["per_user"]["native"][model]
+    rows = []
+    for other in p["methods"]:
+        if other == ref or ref not in per:
+            continue
+        for s in scenarios:
+            row = {"comparison": f"{ref} - {other}", "model": model, "scenario": s}
+            row.update(paired_row(per[ref][s], per[other][s]))
+            rows.append(row)
+    return _frame(rows, ["comparison", "scenario"])
+
+
+def loo_table(r: Mapping) -> pd.DataFrame:
+    """Leave-one-out: each held-out model as the intruder, the others train; mean ± std over users."""
+    loo = r["per_user"].get("leave_one_out") or {}
+    rows, idx = [], []
+    for held, by_method in loo.items():
+        for m, per in by_method.items():
+            idx.append((held, m))
+            rows.append([_cell(per.get(s)) for s in BASE] + ["+".join(r["params"]["loo_surrogates"][held])])
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["held_out", "method"]),
+                        columns=[*BASE, "surrogates"])
+
+
+def loo_paired(r: Mapping, ref: str = "protego", other: str = "chameleon",
+               scenarios: Sequence[str] = ("1a", "2b", "2a")) -> pd.DataFrame:
+    loo = r["per_user"].get("leave_one_out") or {}
+    rows = []
+    for held, by_method in loo.items():
+        if ref in by_method and other in by_method:
+            for s in scenarios:
+                row = {"held_out": held, "comparison": f"{ref} - {other}", "scenario": s}
+                row.update(paired_row(by_method[ref][s], by_method[other][s]))
+                rows.append(row)
+    return _frame(rows, ["held_out", "comparison", "scenario"])
+
+
+def robustness_table(r: Mapping) -> pd.DataFrame:
+    rob = r["per_user"].get("robustness") or {}
+    rows, idx = [], []
+    for kind, by_method in rob.items():
+        for m, per in by_method.items():
+            idx.append((kind, m))
+            rows.append([_cell(per.get(s)) for s in ("1a", "2b", "2a")])
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["transform", "method"]),
+                        columns=["1a", "2b", "2a"])
+
+
+def coverage_table(r: Mapping) -> pd.DataFrame:
+    cov = r["per_user"]["coverage"]
+    methods = list(cov)
+    scen = list(cov[methods[0]]) if methods else []
+    return recall_table(cov, scen, methods)
+
+
+def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") -> pd.DataFrame:
+    """The issue's targets, each with the measured value and its 95% bootstrap interval over users."""
+    p = r["params"]
+    per = r["per_user"]["native"][p["intruder"]]
+    zero = {u: 0.0 for u in per[ref]["1b"]}
+    rows = []
+    ratio = stats.paired_ratio_bootstrap(per[ref]["2a"], per[ref]["1b"])
+    rows.append({"target": "Protego black-box 2a <= 0.3 x 1b", "measured": _ratio_text(ratio, "x 1b"),
+                 "met": _met(ratio["hi"] <= 0.3, ratio["lo"] > 0.3)})
+    for s in ("1a", "2b"):
+        d = stats.paired_bootstrap(per[ref][s], zero)
+        rows.append({"target": f"Protego black-box {s} <= 5%",
+                     "measured": f"{d.diff:.1f}% [{d.lo:.1f}, {d.hi:.1f}]",
+                     "met": _met(d.hi <= 5, d.lo > 5)})
+    if other in per:
+        red_p = {u: per[ref]["1b"][u] - per[ref]["2a"][u] for u in zero}
+        red_o = {u: per[other]["1b"][u] - per[other]["2a"][u] for u in zero}
+        ratio = stats.paired_ratio_bootstrap(red_p, red_o)
+        m_p, m_o = stats.mean_std(red_p)[0], stats.mean_std(red_o)[0]
+        rows.append({"target": "Protego 2a reduction (1b - 2a) >= 2.5 x Chameleon-style's",
+                     "measured": f"{m_p:.1f} vs {m_o:.1f} points: " + _ratio_text(ratio, "x"),
+                     "met": _met(ratio["lo"] >= 2.5, ratio["hi"] < 2.5)})
+    q = r["per_user"]["quality"][ref]["ssim"]
+    d = stats.paired_bootstrap(q, {u: 0.0 for u in q})
+    rows.append({"target": "mean SSIM >= 0.95", "measured": f"{d.diff:.3f} [{d.lo:.3f}, {d.hi:.3f}]",
+                 "met": _met(d.lo >= 0.95, d.hi < 0.95)})
+    return pd.DataFrame(rows).set_index("target")
+
+
+def _ratio_text(ratio: Mapping, unit: str) -> str:
+    hi = "inf" if ratio["hi"] == float("inf") else f"{ratio['hi']:.2f}"
+    return f"{ratio['ratio']:.2f} {unit} [{ratio['lo']:.2f}, {hi}]"
+
+
+def _met(yes: bool, no: bool) -> str:
+    """``yes`` when the whole interval meets the target, ``no`` when none of it does, else ``undecided``."""
+    return "yes" if yes else "no" if no else "undecided (the interval straddles the target)"
+
+
+def faces_table(r: Mapping) -> pd.DataFrame:
+    """Images of the split without a usable face: not scored, listed by name."""
+    f = r["faces"]
+    rows = [
+        {"images": "users' images", "in split": f["n_user_images"], "scored": f["n_user_images_scored"],
+         "without a face": "; ".join(f"{k} ({v.split(':')[0]})" for k, v in f["users"].items()) or "none"},
+        {"images": "distractors", "in split": f["n_distractors"], "scored": f["n_distractors_scored"],
+         "without a face": "; ".join(f"{k} ({v.split(':')[0]})" for k, v in f["distractors"].items()) or "none"},
+    ]
+    return pd.DataFrame(rows).set_index("images")
+
+
+# ------------------------------------------------------------------------------------------- notebook 04
+ABLATION_COLUMNS = ("bb_1b", "bb_1a", "bb_2b", "bb_2a", "wb_1b", "wb_2a")
+
+
+def ablation_table(r: Mapping) -> pd.DataFrame:
+    """Every ablation: recall mean ± std over the ablation users (``bb_*`` black-box, ``wb_*`` white-box)."""
+    per = r["per_user"]["ablations"]
+    rows = []
+    for name, a in per.items():
+        row = {"ablation": name, "what": a["what"], "method": a["method"]}
+        for c in ABLATION_COLUMNS:
+            row[c] = _cell(a[c])
+        row["ssim"] = _cell(a["ssim"], 3)
+        row["train s/user"] = f"{stats.mean_std(a['train_s'])[0]:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("ablation")
+
+
+def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("bb_2a", "bb_1a", "wb_2a")) -> pd.DataFrame:
+    """Each lever against ``base`` on the same users: ``lever - base`` with a 95% paired bootstrap interval."""
+    per = r["per_user"]["ablations"]
+    if base not in per:
+        return pd.DataFrame()
+    rows = []
+    for name, a in per.items():
+        if name == base:
+            continue
+        for c in columns:
+            row = {"ablation": name, "column": c}
+            row.update(paired_row(a[c], per[base][c]))
+            row["lever"], row["base"] = row.pop("a"), row.pop("b")
+            row["lever - base [95% CI]"] = row.pop("a - b [95% CI]")
+            rows.append(row)
+    return _frame(rows, ["ablation", "column"])
+
+
+# ------------------------------------------------------------------------------------------- notebook 03
+def cohesion_table(r: Mapping) -> pd.DataFrame:
+    """Within-user cosine (mean ± std over users) and between-user cosine, per model and state."""
+    per = r["per_user"]["cohesion_within"]
+    rows, idx = [], []
+    for model, by_state in per.items():
+        for state, values in by_state.items():
+            idx.append((model, state))
+            rows.append([_cell(values, 3), f"{r['cohesion'][f'{model}/{state}']['between']:.3f}"])
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["model", "state"]),
+                        columns=["within", "between"])
+
+
+def cohesion_paired(r: Mapping, ref: str = "protego") -> pd.DataFrame:
+    """Within-user cosine of ``ref`` minus every other state's (clean, other methods), same users."""
+    per = r["per_user"]["cohesion_within"]
+    rows = []
+    for model, by_state in per.items():
+        if ref not in by_state:
+            continue
+        for state, values in by_state.items():
+            if state == ref:
+                continue
+            row = {"model": model, "comparison": f"{ref} - {state}"}
+            row.update(paired_row(by_state[ref], values, digits=3))
+            rows.append(row)
+    return _frame(rows, ["model", "comparison"])
+
+
+def _frame(rows: list[dict], index: list[str]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(index)
