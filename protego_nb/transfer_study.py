@@ -31,7 +31,6 @@ enforced on every protected canvas (``floor``: :func:`protego_nb.protect.ssim_fl
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +41,6 @@ import torch
 from . import study
 from .evaluate import transfer
 from .protect import baselines, losses
-from .protect import ssim_floor as floor_mod
 from .protect import train as tr
 from .protect.texture import init_texture
 
@@ -241,14 +239,8 @@ def run_cells(
 
 def floored(prots: Mapping[str, Mapping[str, study.Protection]], faces: Mapping[str, study.FaceSet],
             min_ssim: float) -> tuple[dict, dict]:
-    """The protections with the SSIM floor enforced on every canvas, and the factors ``{cell: {user: [N]}}``."""
-    out, factors = {}, {}
-    for cell, by_user in prots.items():
-        for u, p in by_user.items():
-            x, a = floor_mod.enforce_ssim_floor(faces[u].take(p.ids).x, p.protected, min_ssim)
-            out.setdefault(cell, {})[u] = dataclasses.replace(p, protected=x)
-            factors.setdefault(cell, {})[u] = a
-    return out, factors
+    """The protections with the SSIM floor enforced on every canvas (:func:`protego_nb.study.with_ssim_floor`)."""
+    return study.with_ssim_floor(prots, faces, min_ssim)
 
 
 def score_cells(

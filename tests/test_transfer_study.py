@@ -31,7 +31,8 @@ def _faces(n=6, seed=0):
     lm = 8 + torch.rand(n, 5, 2, generator=g) * (S - 16)
     uv = torch.nn.functional.avg_pool2d((torch.rand(n, S, S, 2, generator=g) * 2 - 1).permute(0, 3, 1, 2), 5, 1, 2)
     vis = torch.ones(n, 1, S, S)
-    fs = study.FaceSet([f"U/U_{k + 1:04d}.jpg" for k in range(n)], x, lm)
+    ids = [f"U/U_{k + 1:04d}.jpg" for k in range(n)]
+    fs = study.FaceSet(ids, x, lm, canvases=dict.fromkeys(ids))
     fs.uv = _UV(uv.permute(0, 2, 3, 1), vis)
     return fs
 
@@ -88,3 +89,18 @@ def test_paired_summary_and_cells():
     methods = transfer_study.cell_methods(steps=7)
     assert set(methods) == set(transfer_study.CELLS)
     assert methods["ppt_protego"] is study.METHODS["protego"] and methods["image_lowkey"].config["steps"] == 7
+
+
+def test_study_with_ssim_floor_makes_every_canvas_meet_it():
+    fs = _faces(6)
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.clamp(fs.x + (torch.rand(fs.x.shape, generator=g) * 2 - 1) * EPS, 0, 1)
+    prots = {"m": {"U": study.Protection("U", "m", None, noisy, list(fs.ids), None, 1.0)},
+             "same": {"U": study.Protection("U", "same", None, fs.x.clone(), list(fs.ids), None, 1.0)}}
+    before = B.per_image_ssim(noisy, fs.x)
+    floor = float(before.median())
+    out, factors = study.with_ssim_floor(prots, {"U": fs}, floor)
+    after = B.per_image_ssim(out["m"]["U"].protected, fs.x)
+    assert (after >= floor).all() and ((factors["m"]["U"] < 1) == (before < floor)).all()
+    assert torch.equal(out["same"]["U"].protected, fs.x) and (factors["same"]["U"] == 1).all()
+    assert out["m"]["U"].seconds == 1.0 and prots["m"]["U"].protected is noisy  # the input is left alone
