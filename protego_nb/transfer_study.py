@@ -51,6 +51,7 @@ __all__ = [
     "lowkey_texture",
     "paired_summary",
     "protego_per_image",
+    "refine_ppt",
     "run_cells",
     "score_cells",
 ]
@@ -140,9 +141,13 @@ def protego_per_image(
     init_noise: float = baselines.LOWKEY_DEFAULTS["init_noise"],
     batch_size: int = 4,
     use_logdet: bool = True,
+    start: torch.Tensor | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Per-photo perturbations trained with the Protego loss (``study`` ``kind="per_image"``).
+
+    ``start``: protected canvases ``[N, 3, H, W]`` to start from instead of Gaussian noise (lever 8a: a few
+    per-photo steps refine the PPT's protection; ``steps=0`` returns ``start`` where it meets the floor).
 
     Photos in order, in batches of ``batch_size`` (the log-det is over a batch, as in training the PPT);
     per step the loss is :func:`losses.protego_loss`'s feature terms (log-det + cosine to the clean embedding,
@@ -166,7 +171,11 @@ def protego_per_image(
         lo, hi = baselines._box(x, eps)
         with torch.no_grad():
             clean = {k: mdl(x, lm).float() for k, mdl in models.items()}
-        x_adv = torch.minimum(torch.maximum(x + init_noise * torch.randn(x.shape, generator=gen).to(device), lo), hi)
+        if start is None:
+            x0 = x + init_noise * torch.randn(x.shape, generator=gen).to(device)
+        else:
+            x0 = start[sl].to(device)
+        x_adv = torch.minimum(torch.maximum(x0, lo), hi)
         weights = [losses.DynamicSSIMWeight(floor=min_ssim) for _ in range(b)]
         best = x.clone()
         for it in range(steps + 1):
@@ -191,6 +200,25 @@ def protego_per_image(
                 x_adv = torch.minimum(torch.maximum(x_adv - lr * torch.sign(grad), lo), hi)
         out[sl] = best.detach().cpu()
     return out
+
+
+def refine_ppt(
+    ppt: study.Protection,
+    faces,
+    surrogates: Mapping[str, torch.nn.Module],
+    cfg: tr.TrainConfig,
+    k: int,
+    lr: float,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, float]:
+    """Lever 8a: the PPT-protected canvases of ``faces`` refined by ``k`` per-photo Protego-loss steps of ``lr``
+    (:func:`protego_per_image` from ``ppt.protected``, same bound and floor). Returns ``(canvases, seconds)``."""
+    if list(ppt.ids) != list(faces.ids):
+        raise ValueError("the PPT protection and the faces must list the same photos in the same order")
+    t0 = time.perf_counter()
+    out = protego_per_image(faces, surrogates, cfg.eps, cfg.min_ssim, device, steps=int(k), lr=lr,
+                            batch_size=cfg.batch_size, start=ppt.protected)
+    return out, time.perf_counter() - t0
 
 
 def cell_methods(steps: int = 30, lr: float = baselines.LOWKEY_DEFAULTS["lr"]) -> dict[str, study.Method]:

@@ -104,3 +104,19 @@ def test_study_with_ssim_floor_makes_every_canvas_meet_it():
     assert (after >= floor).all() and ((factors["m"]["U"] < 1) == (before < floor)).all()
     assert torch.equal(out["same"]["U"].protected, fs.x) and (factors["same"]["U"] == 1).all()
     assert out["m"]["U"].seconds == 1.0 and prots["m"]["U"].protected is noisy  # the input is left alone
+
+
+def test_refining_a_ppt_starts_from_it_and_keeps_the_budget():
+    fs = _faces(8)
+    g = torch.Generator().manual_seed(2)
+    start = torch.clamp(fs.x + (torch.rand(fs.x.shape, generator=g) * 2 - 1) * EPS * 0.3, 0, 1)
+    ppt = study.Protection("U", "protego", None, start, list(fs.ids), None, 0.0)
+    cfg = T.TrainConfig.from_preset("ci", eps=EPS, batch_size=4)
+    same, _ = transfer_study.refine_ppt(ppt, fs, MODELS, cfg, k=0, lr=0.01)
+    assert torch.equal(same, start)  # k = 0: the PPT's canvases (they meet the floor)
+    ref, sec = transfer_study.refine_ppt(ppt, fs, MODELS, cfg, k=6, lr=0.01)
+    assert sec > 0 and (ref - fs.x).abs().max() <= EPS + 1e-6 and (B.per_image_ssim(ref, fs.x) >= 0.95).all()
+    m = MODELS["a"]
+    with torch.no_grad():
+        cos = [torch.nn.functional.cosine_similarity(m(v, fs.lm), m(fs.x, fs.lm), dim=1).mean() for v in (start, ref)]
+    assert cos[1] < cos[0]  # the refinement pushes further from the clean photos
