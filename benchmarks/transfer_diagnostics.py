@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.0025, help="per-image signed step (LowKey's 0.0025)")
     ap.add_argument("--no-score", action="store_true", help="only compute (and cache) the protections")
     ap.add_argument("--white", nargs="*", default=None, help="white-box models scored (default: the surrogates)")
+    ap.add_argument("--refine", nargs="*", type=int, default=[],
+                    help="lever 8a: also score the PPT refined by k per-photo Protego steps (needs ppt_protego)")
     ap.add_argument("--cells", nargs="+", default=list(transfer_study.CELLS), choices=transfer_study.CELLS)
     ap.add_argument("--out", default="transfer_diagnostics")
     args = ap.parse_args(argv)
@@ -61,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_score:
         log("protections computed and cached (--no-score)")
         return 0
+    for k in args.refine:  # lever 8a: PPT + k per-photo steps at protect time
+        if "ppt_protego" not in prots:
+            raise SystemExit("--refine needs the ppt_protego cell")
+        for u, p in prots["ppt_protego"].items():
+            x, sec = transfer_study.refine_ppt(p, faces[u], sur, cfg, k, args.lr, device=device)
+            apply_s = p.train_seconds  # the PPT's training time; the refinement's own time is per photo below
+            prots.setdefault(f"ppt_refine{k}", {})[u] = study.Protection(
+                u, f"ppt_refine{k}", p.texture, x, list(p.ids), None, sec)
+            log(f"ppt_refine{k} {u}: {sec:.1f} s for {len(p.ids)} photos (PPT trained in {apply_s:.1f} s)")
     floored, factors = transfer_study.floored(prots, faces, cfg.min_ssim)
     white = args.surrogates if args.white is None else args.white
     models = [args.intruder, *white]
@@ -75,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     bb = args.intruder
     keys = [f"{bb}_{s}" for s in ("1a", "2b", "2a")] + [f"{m}_2a" for m in white] + [
         "ssim", "seconds", f"{bb}_common_fraction", f"{bb}_residual_rms", f"{bb}_within_cos_protected"]
-    paired = {v: transfer_study.paired_summary(values[v], keys, transfer_study.CONTRASTS) for v in values}
+    contrasts = dict(transfer_study.CONTRASTS)
+    contrasts.update({f"refine{k}_vs_ppt": (f"ppt_refine{k}", "ppt_protego") for k in args.refine})
+    paired = {v: transfer_study.paired_summary(values[v], keys, contrasts) for v in values}
     floor_vs_raw = {
         cell: {k: stats.paired_bootstrap(values["floor"][cell][k], values["raw"][cell][k]).to_dict()
                for k in keys if k != "seconds"}
@@ -91,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "args": vars(args), "config": cfg.to_dict(), "users": users, "device": str(device),
         "commit": commit, "dirty": dirty, "seconds": time.perf_counter() - t_start,
-        "cells": {c: transfer_study.cell_methods(args.steps, args.lr)[c].title for c in args.cells},
+        "cells": {c: transfer_study.cell_methods(args.steps, args.lr)[c].title for c in args.cells}
+        | {f"ppt_refine{k}": f"ppt_protego + {k} per-photo Protego steps of lr {args.lr} (seconds: the refinement)"
+           for k in args.refine},
         "values": values, "summary_mean_std_n": summary, "paired": paired, "floor_vs_raw": floor_vs_raw,
     }
     out = paths.REPO_ROOT / "data" / "results" / "bench" / f"{args.out}.json"
