@@ -21,6 +21,9 @@ The per-photo cells take ``steps`` signed steps of ``lr`` (LowKey's 0.0025 by de
 std 0.005, inside the L-inf box. ``image_lowkey`` keeps each photo's best iterate meeting the floor (LowKey's
 rule); ``image_protego`` keeps each photo's last iterate meeting the floor (the joint log-det has no per-photo
 "best"). Textures train on the user's training photos and protect all of them, as in the study.
+Budget caveat (measured): with few large steps (2 steps of 0.0315) every iterate after the noise start falls
+below the floor, so both per-photo cells return their (identical, same-seed) init noise and score alike; the
+per-photo cells need many small steps (LowKey's 0.0025, >= 20 steps) to say anything.
 
 Scoring (:func:`score_cells`) follows :func:`protego_nb.study.ablation_rows`: each user's gallery is their own
 entries plus the distractors (other users left out), so per-user values pair across cells; scenarios 1b/1a/2b/2a
