@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--detector", default="auto", choices=("auto", "mtcnn", "blazeface"),
                    help="face detector: auto (default: BlazeFace, MTCNN when BlazeFace finds no face), "
                         "mtcnn (as in training; slower, finds harder faces) or blazeface")
+    q.add_argument("--ssim-floor", type=float, default=0.95,
+                   help="every protected face keeps at least this SSIM to the original (its perturbation is "
+                        "scaled down until it does; default 0.95, the method's floor); 0 adds the PPT at full "
+                        "strength (the behaviour before this option)")
     q.add_argument("--detect-every", type=int, default=10, help="videos: run face detection every N frames")
     q.add_argument("--video-codec", default="h264", choices=("h264", "lossless"),
                    help="h264 (CRF 17) or lossless (libx264rgb -qp 0, large files)")
@@ -516,7 +520,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         prot = media.Protector.from_file(
             ppt, faces=args.faces, eps=args.epsilon, device=device,
             jpeg_quality=args.jpeg_quality, metadata=metadata, video_codec=args.video_codec,
-            detect_every=args.detect_every, detector_kind=args.detector)
+            detect_every=args.detect_every, detector_kind=args.detector,
+            ssim_floor=args.ssim_floor if args.ssim_floor > 0 else None)
     except PPTFileError as exc:
         raise UsageError(f"invalid PPT: {_one_line(str(exc))}") from exc
     except ValueError as exc:

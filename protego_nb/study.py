@@ -797,3 +797,25 @@ def run_ablation(
     t.insert(0, "method", rows.groupby("ablation", sort=False)["method"].first())
     t.insert(0, "what", [ABLATIONS[n][2] for n in t.index])
     return t
+
+
+# ---------------------------------------------------------------------------------------- SSIM floor (issue 13)
+def with_ssim_floor(
+    protections: Mapping[str, Mapping[str, Protection]], faces: Mapping[str, FaceSet], min_ssim: float
+) -> tuple[dict[str, dict[str, Protection]], dict[str, dict[str, torch.Tensor]]]:
+    """Every method's protected canvases under the same per-canvas SSIM floor: each canvas's perturbation is
+    scaled down by the largest factor that meets ``min_ssim`` (:func:`protego_nb.protect.ssim_floor.enforce_ssim_floor`;
+    canvases already meeting it are unchanged). Returns ``({method: {user: Protection}}, {method: {user: factors}})``;
+    scoring the first instead of ``protections`` reports each method's strength under the guarantee."""
+    import dataclasses
+
+    from .protect import ssim_floor
+
+    out: dict[str, dict[str, Protection]] = {}
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for method, prots in protections.items():
+        for u, p in prots.items():
+            x, a = ssim_floor.enforce_ssim_floor(faces[u].take(p.ids).x, p.protected, min_ssim)
+            out.setdefault(method, {})[u] = dataclasses.replace(p, protected=x)
+            factors.setdefault(method, {})[u] = a
+    return out, factors

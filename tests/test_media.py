@@ -419,3 +419,30 @@ def test_collect_inputs_recursive_links_and_empty_folders(tmp_path):
     assert not got.files and got.empty_folders == {str(only_sub): 1}
     twice = media.collect_inputs([tmp_path / "top.jpg", tmp_path / "top.jpg"])
     assert len(twice.files) == 1
+
+
+def test_ssim_floor_scales_each_face_until_its_canvas_meets_it(prot):
+    from protego_nb.faces import mesh
+    from protego_nb.protect.baselines import per_image_ssim
+
+    img = frame(lfw_img(OWNER, 4))
+    strict = media.Protector(prot.texture, prot.meta, detector=prot.detector, ssim_floor=0.99)
+    full, floored = prot.protect_array(img), strict.protect_array(img)
+    assert prot.ssim_floor is None and "ssim_floor" not in full.timings and "ssim_floor" in floored.timings
+    d_full = np.abs(full.image.astype(int) - img)
+    d_floor = np.abs(floored.image.astype(int) - img)
+    assert 0 < d_floor.sum() < 0.8 * d_full.sum()  # weaker, not gone
+    chosen, _, canv = strict._select(strict.detect(img), img, {}, [])
+    canvases = [canv[k][0] for k in chosen]
+    res = mesh.mesh_canvases(canvases, cache=False)
+    deltas = strict.perturbations(res.vertices[res.ok])
+    x = torch.from_numpy(np.stack(canvases).astype(np.float32) / 255).permute(0, 3, 1, 2)
+
+    def canvas_ssim(d):
+        return per_image_ssim(torch.clamp(x + torch.from_numpy(d).permute(0, 3, 1, 2), 0, 1), x)
+
+    assert (canvas_ssim(deltas) < 0.99).all() and (canvas_ssim(strict.apply_floor(canvases, deltas)) >= 0.99).all()
+    loose = media.Protector(prot.texture, prot.meta, detector=prot.detector, ssim_floor=0.05)
+    assert np.array_equal(loose.apply_floor(canvases, deltas), deltas)  # already above: unchanged
+    with pytest.raises(ValueError, match="ssim_floor"):
+        media.Protector(prot.texture, prot.meta, detector=prot.detector, ssim_floor=1.5)

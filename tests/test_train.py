@@ -121,21 +121,31 @@ def test_same_seed_same_texture(options):
     assert a.history == b.history
 
 
-@pytest.mark.parametrize("options", [{}, {"shuffle": True, "momentum": 0.8, "input_diversity": 0.5}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"shuffle": True, "momentum": 0.8, "input_diversity": 0.5, "consistent_clean": False},
+        {"shuffle": True, "momentum": 0.8, "input_diversity": 0.5, "blur_view": 1.0},  # + clean under the views
+    ],
+)
 def test_resume_after_an_interruption_gives_the_uninterrupted_texture(tmp_path, options):
     canvases, landmarks, warps = _data()
     cfg = _cfg(epochs=3, checkpoint_every=2, **options)  # 9 steps, checkpoints at 2, 4, 6, 8
     full = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
     ckpt = tmp_path / "run.ckpt"
     # 3 clean-feature chunks, then 5 training steps; dies in step 6, after the checkpoint at step 4
-    crashing = {"a": Crashing(MODELS[0], limit=math.ceil(10 / 4) + 5), "b": MODELS[1]}
+    # (with the clean reference under the views: 3 or 4 calls a step, so it dies in steps 6-8)
+    per_step = 4 if cfg.uses_consistent_clean else 1
+    crashing = {"a": Crashing(MODELS[0], limit=math.ceil(10 / 4) + 5 * per_step), "b": MODELS[1]}
     with pytest.raises(KeyboardInterrupt):
         T.train_ppt(canvases, landmarks, warps, crashing, cfg, checkpoint=ckpt, progress=False)
     assert ckpt.exists() and not [p for p in tmp_path.iterdir() if p.name != "run.ckpt"]
     counting = Crashing(MODELS[0], limit=10**6)
     resumed = T.train_ppt(canvases, landmarks, warps, {"a": counting, "b": MODELS[1]}, cfg, checkpoint=ckpt,
                           progress=False)
-    assert counting.calls == 3 + (9 - 4)  # it really continued from step 4 (clean features, then 5 steps)
+    if not cfg.uses_consistent_clean:  # (with it, clean references of moved images add no-grad calls)
+        assert counting.calls == 3 + (9 - 4)  # it really continued from step 4 (clean features, then 5 steps)
     assert torch.equal(resumed.texture, full.texture)
     assert resumed.history == full.history and resumed.steps == full.steps
     # a finished checkpoint resumes to the end at once; resume=False starts over (same result, seeded)
@@ -285,7 +295,8 @@ def test_blur_view_adds_the_smoothed_canvas_to_the_loss():
     plain = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
     rec = [Recorder(m) for m in MODELS]
     calls.clear()
-    blur = T.train_ppt(canvases, landmarks, warps, rec, cfg.replace(blur_view=1.0), progress=False)
+    blur = T.train_ppt(canvases, landmarks, warps, rec, cfg.replace(blur_view=1.0, consistent_clean=False),
+                       progress=False)
     steps = blur.steps
     n_clean = 2 * math.ceil(10 / cfg.batch_size)  # the clean-feature pass of both models
     assert len(calls) == n_clean + steps * 2 * 2  # each step: both models see the canvas and its blurred copy
@@ -304,7 +315,8 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     cfg = T.TrainConfig.from_preset("paper")
     key = cfg.key_dict()
     assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
-    assert {k: v for k, v in cfg.to_dict().items() if k not in ("grad_smooth", "blur_view")} == key
+    later = ("grad_smooth", "blur_view", "consistent_clean")
+    assert {k: v for k, v in cfg.to_dict().items() if k not in later} == key
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
     assert cfg.replace(grad_smooth=2.0).key_dict()["grad_smooth"] == 2.0
@@ -353,3 +365,59 @@ def test_first_step_loss_is_the_authors_formula():
 
 def L_ssim(a, b):
     return float(losses.ssim(a, b))
+
+
+# ---------------------------------------------------------------- clean reference under the same view (1c)
+
+
+def test_consistent_clean_leaves_training_without_views_bit_identical():
+    c, lm, w = _data(8)
+    cfg = _cfg(epochs=2, shuffle=True, momentum=0.9)
+    on = T.train_ppt(c, lm, w, MODELS, cfg, progress=False)
+    off = T.train_ppt(c, lm, w, MODELS, cfg.replace(consistent_clean=False), progress=False)
+    assert torch.equal(on.texture, off.texture) and on.history == off.history
+    assert cfg.key_dict() == cfg.replace(consistent_clean=False).key_dict()  # cached textures keep their keys
+    assert "consistent_clean" not in cfg.key_dict() and not cfg.uses_consistent_clean
+    div = cfg.replace(input_diversity=0.5)
+    assert div.uses_consistent_clean and div.key_dict()["consistent_clean"] is True
+    assert "consistent_clean" not in div.replace(consistent_clean=False).key_dict()  # the old runs' keys
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0])
+def test_clean_reference_goes_through_the_same_transform(monkeypatch, blur):
+    """With input diversity every image is moved; with a vanishing bound the protected canvas is the clean one,
+    so the clean reference must equal the protected embedding exactly when it went through the same draw (and
+    the same landmark jitter and blur), and differ from it when it did not."""
+    seen = []
+    real = losses.protego_loss
+
+    def spy(prot, clean, *a, **kw):
+        seen.append(({k: v.detach().clone() for k, v in prot.items()}, {k: v.clone() for k, v in clean.items()},
+                     kw.get("views"), kw.get("view_clean")))
+        return real(prot, clean, *a, **kw)
+
+    monkeypatch.setattr(losses, "protego_loss", spy)
+    c, lm, w = _data(8)
+    cfg = _cfg(epochs=1, eps=1e-7, input_diversity=1.0, di_scale=0.2, di_rotate=20.0, blur_view=blur)
+    T.train_ppt(c, lm, w, MODELS, cfg, progress=False)
+    assert len(seen) == 2
+    for prot, clean, views, view_clean in seen:
+        for k in prot:
+            assert torch.allclose(prot[k], clean[k], atol=1e-5), (prot[k] - clean[k]).abs().max()
+            if blur:
+                assert torch.allclose(views["blur"][k], view_clean["blur"][k], atol=1e-5)
+                assert not torch.allclose(view_clean["blur"][k], clean[k], atol=1e-3)
+            else:
+                assert view_clean is None
+    seen.clear()
+    T.train_ppt(c, lm, w, MODELS, cfg.replace(consistent_clean=False), progress=False)
+    prot, clean, _, view_clean = seen[0]
+    assert view_clean is None
+    assert not torch.allclose(prot["a"], clean["a"], atol=1e-3)  # the earlier behaviour: untransformed clean
+    # the clean reference of a moved image is the embedding of the identically transformed clean canvas
+    x, l4 = c[:4], lm[:4]
+    g = torch.Generator().manual_seed(0)
+    applied, m = T._diversity_draw(4, S, S, cfg, g)
+    xt, lt = T._diversity_apply(x, l4, applied, m)
+    xt2, _ = T._diversity_apply(x, l4, applied, m)
+    assert torch.equal(xt, xt2) and applied.all() and not torch.allclose(xt, x)

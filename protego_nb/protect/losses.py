@@ -240,6 +240,7 @@ def protego_loss(
     model_weights: Mapping[str, float] | None = None,
     c: float = GRAM_C,
     views: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    view_clean: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     lazy_ssim: bool = False,
     return_terms: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]] | LossTerms:
@@ -253,6 +254,8 @@ def protego_loss(
 
     ``views``: features of transformed copies of the protected canvases (``{"blur": {name: [N, D]}}``, the
     LowKey-style smoothed view); the feature loss is then the mean over the canvas and every view.
+    ``view_clean``: the clean reference of a view (``{"blur": {name: [N, D]}}``, the clean canvas under the same
+    view); a view without one is compared with ``clean_feats``.
     ``lazy_ssim``: compute SSIM without autograd first and build the hinge's graph only at or below the
     floor (above it the hinge and its gradient are exactly zero, and a no-grad SSIM is cheaper than SSIM
     forward+backward); the value and gradient are the same.
@@ -274,7 +277,8 @@ def protego_loss(
         share = 1.0 / (1 + len(views))
         terms = [(k, w * share, v) for k, w, v in terms]
         for view, feats in views.items():
-            terms_v, _ = ensemble_terms(feats, clean_feats, **kw)
+            ref = (view_clean or {}).get(view) or clean_feats
+            terms_v, _ = ensemble_terms(feats, ref, **kw)
             terms += [(f"{k}/{view}", w * share, v) for k, w, v in terms_v]
     total = sum(w * v for _, w, v in terms)
     hinge = torch.zeros((), dtype=terms[0][2].dtype, device=terms[0][2].device)

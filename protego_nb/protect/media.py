@@ -445,6 +445,7 @@ class Protector:
         video_crf: int = 17,
         detect_every: int = 10,
         smoothing: tuple[float, float] = (0.5, 0.2),
+        ssim_floor: float | None = None,
     ) -> None:
         if faces not in ("owner", "all"):
             raise ValueError(f"faces must be 'owner' or 'all', got {faces!r}")
@@ -458,6 +459,8 @@ class Protector:
             raise ValueError(f"detector_kind must be 'auto', 'mtcnn' or 'blazeface', got {detector_kind!r}")
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if ssim_floor is not None and not 0 < float(ssim_floor) <= 1:
+            raise ValueError(f"ssim_floor must be in (0, 1] or None, got {ssim_floor}")
         if str(meta.get("mode", "uv")) != "uv":
             raise ValueError("only UV-mode PPTs can protect new photos (a flat PPT is an ablation baseline)")
         ppt_eps = float(meta["epsilon"])
@@ -499,6 +502,9 @@ class Protector:
         self.video_crf = int(video_crf)
         self.detect_every = int(detect_every)
         self.smoothing = smoothing
+        #: SSIM floor per face (issue 13): each face's perturbation is scaled down until its canvas meets it
+        #: (:mod:`.ssim_floor`); None adds the PPT's perturbation at full strength (the earlier behaviour).
+        self.ssim_floor = None if ssim_floor is None else float(ssim_floor)
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
         self._owner_net: torch.nn.Module | None = None
 
@@ -628,6 +634,19 @@ class Protector:
             delta = UVWarp.from_uvmap(uvm).perturbation(self.texture, self.eps)
         return delta.permute(0, 2, 3, 1).cpu().numpy()
 
+    def apply_floor(self, canvases: list[np.ndarray], deltas: np.ndarray,
+                    timings: dict[str, float] | None = None) -> np.ndarray:
+        """The faces' perturbations scaled to meet :attr:`ssim_floor` on their canvases (unchanged without one)."""
+        if self.ssim_floor is None:
+            return deltas
+        from .ssim_floor import floor_perturbations
+
+        t = time.perf_counter()
+        out, _ = floor_perturbations(canvases, deltas, self.ssim_floor)
+        if timings is not None:
+            timings["ssim_floor"] = timings.get("ssim_floor", 0.0) + time.perf_counter() - t
+        return out
+
     def protect_array(self, img: np.ndarray) -> FrameResult:
         """Protect one upright ``uint8 [H, W, 3]`` RGB image in memory (no file I/O)."""
         from ..faces import mesh
@@ -652,6 +671,7 @@ class Protector:
         t = time.perf_counter()
         deltas = self.perturbations(res.vertices[res.ok])
         timings["uv_raster"] = time.perf_counter() - t
+        deltas = self.apply_floor([canv[k][0] for k in keep], deltas, timings)
         t = time.perf_counter()
         out = paste_perturbation(img, list(deltas), [canv[k][1] for k in keep], self.eps)
         timings["paste"] = time.perf_counter() - t
@@ -947,7 +967,7 @@ class _VideoTracker:
         self.frame_index += 1
         if not self.tracks:
             return frame, 0
-        verts, Ms = [], []
+        verts, Ms, canvases = [], [], []
         for tr in self.tracks:
             pts = tr.point_filter(tr.points, self.dt)
             t = time.perf_counter()
@@ -971,11 +991,13 @@ class _VideoTracker:
             vc = np.concatenate([align.apply_affine(M, vi[:, :2]), vi[:, 2:] * scale], 1)
             verts.append(vc.astype(np.float32))
             Ms.append(M)
+            canvases.append(canvas)
         if not verts:
             return frame, 0
         t = time.perf_counter()
         deltas = self.p.perturbations(np.stack(verts))
         stage["uv_raster"] = stage.get("uv_raster", 0.0) + time.perf_counter() - t
+        deltas = self.p.apply_floor(canvases, deltas, stage)
         t = time.perf_counter()
         out = paste_perturbation(frame, list(deltas), Ms, self.p.eps)
         stage["paste"] = stage.get("paste", 0.0) + time.perf_counter() - t

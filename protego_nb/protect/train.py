@@ -26,7 +26,10 @@ alignment landmarks), ``term_weights`` / ``model_weights``, ``grad_balance="per_
 (model, term) gradient w.r.t. the texture normalised to unit L1 or L2 before the weighted sum: with a
 signed step a scalar weight barely acts, issue 5), ``grad_smooth`` (TI-FGSM, Dong et al. CVPR 2019: the
 texture gradient Gaussian-smoothed before the signed step), ``blur_view`` (LowKey, Cherepanova et al. ICLR
-2021: the loss also on a Gaussian-blurred copy of each protected canvas), ``logdet_form``,
+2021: the loss also on a Gaussian-blurred copy of each protected canvas), ``consistent_clean`` (on: under input
+diversity and the smoothed view the clean reference of the cosine term is the clean canvas under the same
+draw, transform, landmark jitter and blur, embedded without autograd; off: the untransformed clean features,
+the behaviour before issue 13; without those options it changes nothing, bit for bit), ``logdet_form``,
 ``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
 ``"flat"`` 2D mask). Measured effects on black-box transfer: notebook 04 and the README's transfer sweep.
 """
@@ -110,6 +113,12 @@ class TrainConfig:
     #: LowKey-style smoothed view (Cherepanova et al. ICLR 2021): std, in canvas pixels, of a Gaussian blur of the
     #: protected canvas whose features enter the loss beside the unblurred ones (mean of both; 0 disables).
     blur_view: float = 0.0
+    #: The clean reference of the cosine term goes through the same random view as the protected canvas: the
+    #: same input-diversity transform and landmark jitter (the clean canvas is transformed with the same draw and
+    #: embedded without autograd) and, for the smoothed view, the same blur (issue 13, diagnostic 1c). Acts only
+    #: with ``input_diversity > 0`` or ``blur_view > 0``; False gives the earlier behaviour (clean features of
+    #: the untransformed canvas, cached once), which mixes the transform's own feature change into the push.
+    consistent_clean: bool = True
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -141,7 +150,16 @@ class TrainConfig:
         for name in _LATER_OPTIONS:
             if d[name] == _FIELD_DEFAULTS[name]:
                 del d[name]
+        # consistent_clean changes training only with a random/smoothed view, and False is the behaviour of the
+        # runs before it existed: it enters the key only where it acts and is on
+        if not (self.uses_consistent_clean):
+            del d["consistent_clean"]
         return d
+
+    @property
+    def uses_consistent_clean(self) -> bool:
+        """Whether the clean reference is transformed with the protected canvas in this config."""
+        return bool(self.consistent_clean and (self.input_diversity > 0 or self.blur_view > 0))
 
     def validate(self) -> None:
         """Raise ``ValueError`` with the offending field for an inconsistent config."""
@@ -268,40 +286,58 @@ def clean_features(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _diversity(
-    x: torch.Tensor, lm: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random similarity transforms of protected canvases and their landmarks (per image, prob. ``p``).
-
-    Returns ``(x', landmarks', applied [B] bool)``. Draws a fixed number of random numbers per call, so the
-    generator's stream does not depend on which images were picked.
-    """
-    from protego_nb.faces.align import warp_affine_torch
-
-    b, _, h, w = x.shape
+def _diversity_draw(
+    b: int, h: int, w: int, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One input-diversity draw for a batch of ``b`` canvases ``h x w``: ``(applied [B] bool, M [B, 2, 3])``,
+    ``M`` the similarity transform ``p' = s R (p - c) + c + t`` in canvas pixels (float64). Draws a fixed
+    number of random numbers per call, so the generator's stream does not depend on which images were picked."""
     u = torch.rand((b, 5), generator=gen, dtype=torch.float64)
     applied = u[:, 0] < cfg.input_diversity
     scale = 1.0 + (2 * u[:, 1] - 1) * cfg.di_scale
     angle = torch.deg2rad((2 * u[:, 2] - 1) * cfg.di_rotate)
     tx = (2 * u[:, 3] - 1) * cfg.di_shift * w
     ty = (2 * u[:, 4] - 1) * cfg.di_shift * h
-    if not bool(applied.any()):
-        return x, lm, applied
     cx, cy = (w - 1) / 2, (h - 1) / 2
     cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
-    # p' = s R (p - c) + c + t
     m = torch.stack(
         [
             torch.stack([cos, -sin, cx - cos * cx + sin * cy + tx], 1),
             torch.stack([sin, cos, cy - sin * cx - cos * cy + ty], 1),
         ],
         1,
-    ).to(device=x.device, dtype=x.dtype)
+    )
+    return applied, m
+
+
+def _diversity_apply(
+    x: torch.Tensor, lm: torch.Tensor, applied: torch.Tensor, m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp the canvases ``x`` and landmarks ``lm`` picked by ``applied`` with the draw's matrices ``m``."""
+    from protego_nb.faces.align import warp_affine_torch
+
+    if not bool(applied.any()):
+        return x, lm
+    h, w = x.shape[-2:]
+    m = m.to(device=x.device, dtype=x.dtype)
     idx = applied.nonzero().flatten().to(x.device)
     warped = warp_affine_torch(x[idx], m[idx], (h, w))
     x_out = x.index_copy(0, idx, warped)
     lm_w = lm[idx] @ m[idx, :, :2].transpose(1, 2).to(lm.dtype) + m[idx, :, 2].unsqueeze(1).to(lm.dtype)
     lm_out = lm.index_copy(0, idx, lm_w)
+    return x_out, lm_out
+
+
+def _diversity(
+    x: torch.Tensor, lm: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random similarity transforms of protected canvases and their landmarks (per image, prob. ``p``).
+
+    Returns ``(x', landmarks', applied [B] bool)``: :func:`_diversity_draw` then :func:`_diversity_apply`.
+    """
+    b, _, h, w = x.shape
+    applied, m = _diversity_draw(b, h, w, cfg, gen)
+    x_out, lm_out = _diversity_apply(x, lm, applied, m)
     return x_out, lm_out, applied
 
 
@@ -448,6 +484,7 @@ def train_ppt(
     clean = clean_features(models, canvases, landmarks, cfg.batch_size, device) if step < total_steps else {}
     clean_seconds = time.perf_counter() - t0
     tw = cfg.term_weights
+    consistent = cfg.uses_consistent_clean
     pbar = tqdm(total=total_steps, initial=step, disable=not progress, desc="PPT", leave=False)
     while step < total_steps:
         epoch, k = divmod(step, steps_per_epoch)
@@ -460,12 +497,19 @@ def train_ppt(
 
         tex = texture.detach().clone().requires_grad_(True)
         x_prot = torch.clamp(x + warp.perturbation(tex, cfg.eps), 0.0, 1.0)
+        x_clean_in = x
         if cfg.input_diversity > 0:
-            x_in, lm_in, applied = _diversity(x_prot, lm, cfg, gen)
+            applied, dmat = _diversity_draw(x.shape[0], x.shape[-2], x.shape[-1], cfg, gen)
+            x_in, lm_in = _diversity_apply(x_prot, lm, applied, dmat)
+            if consistent:  # the clean canvas under the same draw (issue 13, 1c)
+                x_clean_in, _ = _diversity_apply(x, lm, applied, dmat)
         else:
             x_in, lm_in, applied = x_prot, lm, None
-        prot, prot_blur = {}, {}
+        moved = applied.nonzero().flatten().to(device) if applied is not None else None
+        prot, prot_blur, clean_blur = {}, {}, {}
         x_blur = _gaussian(x_in, cfg.blur_view) if cfg.blur_view > 0 else None
+        x_clean_blur = _gaussian(x_clean_in, cfg.blur_view) if x_blur is not None and consistent else None
+        clean_b = {m: clean[m][idx.to(clean[m].device)] for m in names}
         for name, model in models.items():
             lm_m = lm_in
             if applied is not None and cfg.di_landmark_jitter > 0:
@@ -474,7 +518,13 @@ def train_ppt(
             prot[name] = model(x_in, lm_m)
             if x_blur is not None:
                 prot_blur[name] = model(x_blur, lm_m)
-        clean_b = {m: clean[m][idx.to(clean[m].device)] for m in names}
+            if consistent:
+                with torch.no_grad():
+                    if moved is not None and len(moved):  # unmoved canvases keep their cached clean features
+                        c_moved = model(x_clean_in[moved], lm_m[moved]).detach().float()
+                        clean_b[name] = clean_b[name].index_copy(0, moved.to(clean_b[name].device), c_moved)
+                    if x_clean_blur is not None:
+                        clean_blur[name] = model(x_clean_blur, lm_m).detach().float()
         # the one loss definition (losses.protego_loss); the smoothed view, when on, enters as a second view
         loss = losses.protego_loss(
             prot,
@@ -489,6 +539,7 @@ def train_ppt(
             cosine_weight=tw.get("cosine", 1.0),
             model_weights=cfg.model_weights,
             views={"blur": prot_blur} if x_blur is not None else None,
+            view_clean={"blur": clean_blur} if clean_blur else None,
             lazy_ssim=True,
             return_terms=True,
         )
