@@ -147,6 +147,7 @@ def verification_table(r: dict) -> pd.DataFrame:
             row[c] = "" if row[c] is None else f"{row[c]:.2f}"
         row["auc"] = "" if row["auc"] is None else f"{row['auc']:.4f}"
         row["published"] = "" if row["published"] is None else f"{row['published']:.2f}"
+        row["dim"] = "" if row["dim"] is None else str(int(row["dim"]))
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
 
