@@ -67,6 +67,7 @@ __all__ = [
     "mtcnn_box_template",
     "prewhiten",
     "similarity",
+    "strong_models",
     "unavailable_reason",
 ]
 
@@ -399,6 +400,13 @@ MODELS: dict[str, ModelSpec] = {
 SURROGATES_DEFAULT: tuple[str, ...] = ("mobilefacenet", "dlib_resnet", "faceres")
 #: The held-out black-box model (strongest here, different backbone and training data).
 INTRUDER_DEFAULT: str = "sface"
+
+
+def strong_models(registry_only: bool = True) -> list[str]:
+    """Every strong model of the zoo (table order); with ``registry_only`` only those whose weights
+    come from a registry package (so not ``facenet_vggface2``). Each can be a training surrogate or
+    the held-out intruder (README "Models": roles)."""
+    return [n for n, s in MODELS.items() if s.strength == "strong" and (s.asset_key is not None or not registry_only)]
 
 
 # ----------------------------------------------------------------------------- similarity
