@@ -112,14 +112,15 @@ def dlib_chip_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
     return (padding + five) / (2 * padding + 1) * size
 
 
-#: MTCNN's 5 points relative to its own box (``(p - (x1, y1)) / (w, h)``), mean over 6,000 LFW
-#: deep-funneled detections (central face, probability > 0.95) of :mod:`protego_nb.faces.detect`.
+#: MTCNN's 5 points relative to its own box (``(p - (x1, y1)) / (w, h)``), mean over 9,562 LFW
+#: deep-funneled detections (the face nearest the image centre, probability > 0.95) of
+#: :mod:`protego_nb.faces.detect` (its cached detections).
 MTCNN_BOX_POINTS = np.array(
-    [[0.28878555, 0.38737718], [0.73881427, 0.3799633], [0.51723872, 0.58233664],
-     [0.32464259, 0.75848968], [0.72103652, 0.75225291]]
+    [[0.28987673, 0.38908796], [0.7396513, 0.38141998], [0.51848912, 0.58366434],
+     [0.32516556, 0.75868215], [0.72208831, 0.75239641]]
 )  # fmt: skip
-#: Mean height / width of those MTCNN boxes.
-MTCNN_BOX_ASPECT = 1.328
+#: Mean height / width of those MTCNN boxes (their mean size, sqrt(w h), is 107.8 px on LFW's 250x250).
+MTCNN_BOX_ASPECT = 1.333
 #: FaceNet crop margin as a fraction of the box size (geometric mean of width and height). Sandberg
 #: evaluates LFW with ``--margin 32`` source pixels on 250x250 images, whose MTCNN boxes are ~107 px:
 #: 32/107 = 0.30 (training used 44 px at 182 then a random 160 crop: about the same face scale).
