@@ -180,6 +180,9 @@ class ModelSpec:
     provenance: str
     licence: str
     strength: str  # strong | moderate | weak
+    #: intruder: held out by default (sface) or in the paper-like row (facenet_casia); surrogate: in a
+    #: profile's training ensemble or the paper-like one (facenet_msceleb); optional: the rest. Every
+    #: strong model is also a surrogate or the held-out model in the leave-one-out rows (study.loo_plan).
     role: str  # intruder | surrogate | optional
     normalisation: str = ""
     notes: str = ""
@@ -318,7 +321,7 @@ MODELS: dict[str, ModelSpec] = {
             "Sandberg's 20180408-102900, CASIA-WebFace), weights mapped onto facenet-pytorch's InceptionResnetV1",
             licence="MIT (package; davidsandberg/facenet is MIT)",
             strength="strong",
-            role="surrogate",
+            role="intruder",
             normalisation="RGB 0..255, per-face standardisation (prewhiten); MTCNN box + margin crop at 160",
             notes="output L2-normalised (the graph's 'embeddings'); batch norm folded into the convolutions",
             prewhiten=True,
@@ -368,7 +371,7 @@ MODELS: dict[str, ModelSpec] = {
             "opset 9 exported from PyTorch 1.10; training data not stated)",
             licence="MIT (package metadata and LICENSE)",
             strength="strong",
-            role="surrogate",
+            role="optional",
             normalisation="RGB (x - 127) / 128, ArcFace 112 template (the package's lib/fr_feature.js)",
             notes="classic MobileFaceNet (GDC head), 1.19 M parameters; output not normalised",
         ),
