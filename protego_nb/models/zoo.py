@@ -410,7 +410,11 @@ def strong_models(registry_only: bool = True) -> list[str]:
     """Every strong model of the zoo (table order); with ``registry_only`` only those whose weights
     come from a registry package (so not ``facenet_vggface2``). Each can be a training surrogate or
     the held-out intruder (README "Models": roles)."""
-    return [n for n, s in MODELS.items() if s.strength == "strong" and (s.asset_key is not None or not registry_only)]
+    return [
+        n
+        for n, s in MODELS.items()
+        if s.strength == "strong" and (s.asset_key is not None or not registry_only)
+    ]
 
 
 # ----------------------------------------------------------------------------- similarity
