@@ -34,8 +34,6 @@ from protego_nb import data, report, run, study
 from protego_nb.protect import baselines
 from protego_nb.protect import train as tr
 
-ZOO_STRONG = ["sface", "dlib_resnet", "mobilefacenet", "faceres"]
-
 
 def params_for(profile: str, stem: str) -> dict:
     nb = next(p for p in run.list_notebooks() if p.stem == stem)
@@ -153,15 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {per_step:.4f} s per image-step + {per_image:.4f} s per image ({steps} steps in the profile)")
             counts["05 protect " + name] = (per_step * steps + per_image) * sum_img
 
-    # leave-one-out: LOO_METHODS trained against the other strong models, for each held-out model
-    for held in p05["LOO_INTRUDERS"]:
-        loo_sur = tuple(m for m in ZOO_STRONG if m != held)
+    # leave-one-out: LOO_METHODS trained against the rows' surrogates (study.loo_plan), per held-out row
+    loo_rows = study.loo_plan(p05["LOO_INTRUDERS"], surs, p05.get("LOO_POOL") or ())
+    for label, held, loo_sur in loo_rows:
+        loo_sur = tuple(loo_sur)
         if held == intr and sorted(loo_sur) == sorted(surs):
             continue  # the main table's textures (same surrogates, same users): a cache hit
         for name in p05["LOO_METHODS"]:
             m = study.METHODS.get(name)
             if m is not None and m.kind == "texture":
-                counts[f"05 loo {held} train {name}"] = (
+                counts[f"05 loo {label} train {name}"] = (
                     train_unit(loo_sur, m.mode, held, **dict(m.config)) * sum_train * cfg.epochs)
 
     # notebook 04: every ablation trains its users
@@ -182,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = {}
     x = faces0.x[:32].to(device)
     lm = faces0.lm[:32].to(device)
-    for name in dict.fromkeys(list(p05["EVAL_MODELS"]) + list(p03["MODELS"]) + list(p05["LOO_INTRUDERS"]) + [intr]):
+    loo_held = [held for _, held, _ in loo_rows]
+    for name in dict.fromkeys(list(p05["EVAL_MODELS"]) + list(p03["MODELS"]) + loo_held + [intr]):
         model = zoo.load(name, device)
         with torch.no_grad():
             model(x[:4], lm[:4])
@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         emb[name] += n_dis + sum_img  # clean gallery + distractors (cached on disk afterwards)
         emb[name] += n_m * sum_img  # protected sets, main table
     emb[intr] += len(p05["TRANSFORMS"]) * n_m * sum_img + n_m * sum_img  # robustness + coverage
-    for held in p05["LOO_INTRUDERS"]:
-        emb[held] += len(p05["LOO_METHODS"]) * sum_img + (0 if held in p05["EVAL_MODELS"] else n_dis + sum_img)
+    for held in dict.fromkeys(loo_held):
+        n_rows = loo_held.count(held)
+        emb[held] += n_rows * len(p05["LOO_METHODS"]) * sum_img + (0 if held in p05["EVAL_MODELS"] else n_dis + sum_img)
     n_abl_img = sum(n_img[u] for u in abl_users)
     emb[intr] += len(p04["ABLATIONS"]) * n_abl_img
     emb[list(surs)[0]] += len(p04["ABLATIONS"]) * n_abl_img

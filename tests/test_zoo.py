@@ -12,7 +12,15 @@ from protego_nb import assets, paths
 from protego_nb.faces import align
 from protego_nb.models import zoo
 
-STRONG = ("sface", "mobilefacenet", "dlib_resnet", "faceres")
+STRONG = (
+    "sface",
+    "mobilefacenet",
+    "dlib_resnet",
+    "faceres",
+    "facenet_casia",
+    "facenet_msceleb",
+    "mobilefacenet512",
+)
 LFW_IDS = ("Colin_Powell", "Tony_Blair", "Serena_Williams")
 
 
@@ -48,6 +56,40 @@ def test_table_is_consistent():
         if s.asset_key is not None:
             assert set(s.asset_files) <= set(assets.PACKAGES[s.asset_key].files)
     assert zoo.MODELS["mobileface"].strength == "weak"
+    for name in ("facenet_casia", "facenet_msceleb", "mobilefacenet512"):
+        s = zoo.MODELS[name]
+        assert s.strength == "strong" and s.role in ("surrogate", "intruder") and s.asset_key is not None
+    assert zoo.MODELS["facenet_casia"].prewhiten and zoo.MODELS["facenet_msceleb"].prewhiten
+    assert (
+        zoo.MODELS["facenet_casia"].published_lfw == 99.05
+        and zoo.MODELS["facenet_msceleb"].published_lfw == 99.2
+    )
+
+
+def test_mtcnn_box_template():
+    """The box-with-margin template: points inside the crop, upright, symmetric about the centre
+    line for a symmetric face, and a larger margin shrinks the face towards the centre."""
+    t30, a30 = zoo.mtcnn_box_template(160, 0.30)
+    t44, a44 = zoo.mtcnn_box_template(160, 0.44)
+    assert (t30 > 0).all() and (t30 < 160).all() and a30 > 1 and a44 < a30  # taller than wide
+    assert t30[0, 0] < t30[1, 0] and t30[3, 0] < t30[4, 0] and t30[0, 1] < t30[2, 1] < t30[3, 1]
+    assert abs((t30[0, 0] + t30[1, 0]) / 2 - 80) < 4  # eyes centred (MTCNN boxes are)
+    assert np.linalg.norm(t44[1] - t44[0]) < np.linalg.norm(t30[1] - t30[0])
+    np.testing.assert_allclose(zoo.TEMPLATES["mtcnn160"], zoo.mtcnn_box_template(160, zoo.FACENET_MARGIN)[0])
+
+
+def test_prewhiten_matches_facenet_numpy():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 16, 16, generator=g) * 255
+    x[2] = 7.0  # constant: the std floor 1/sqrt(N) applies
+    ours = zoo.prewhiten(x)
+    for i in range(3):
+        a = x[i].numpy()
+        std_adj = max(a.std(), 1.0 / np.sqrt(a.size))
+        np.testing.assert_allclose(ours[i].numpy(), (a - a.mean()) / std_adj, rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    zoo.prewhiten(xg)[:, 0].sum().backward()
+    assert torch.isfinite(xg.grad).all()
 
 
 def test_dlib_template_agrees_with_dlibs_5_point_chip():
@@ -97,7 +139,7 @@ def _blob_canvas(points: np.ndarray, size: int = 224) -> torch.Tensor:
     return torch.tensor(img, dtype=torch.float32).expand(1, 3, size, size).contiguous()
 
 
-@pytest.mark.parametrize("name", ["sface", "dlib_resnet", "faceres"])
+@pytest.mark.parametrize("name", ["sface", "dlib_resnet", "faceres", "facenet_casia"])
 def test_crop_puts_landmarks_on_the_template(name):
     """Blobs at rotated/shifted canvas landmarks end up where the similarity fit sends them
     (on the template, up to the fit's residual when the template's shape differs)."""
@@ -108,7 +150,9 @@ def test_crop_puts_landmarks_on_the_template(name):
     assert crop.shape == (1, 3, emb.spec.input_size, emb.spec.input_size)
     heat = crop[0, 0].numpy()
     template = zoo.TEMPLATES[emb.spec.template]
-    expected = align.apply_affine(align.similarity_transform(pts, template), pts)
+    aspect = zoo.TEMPLATE_ASPECT.get(emb.spec.template, 1.0)
+    iso = template * [1.0, aspect]  # the similarity is fitted in the isotropic frame, then y is squeezed
+    expected = align.apply_affine(align.similarity_transform(pts, iso), pts) / [1.0, aspect]
     assert np.abs(expected - template).max() < 3.0
     for x, y in expected:
         r = 4

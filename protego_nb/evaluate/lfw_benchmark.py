@@ -93,7 +93,7 @@ def verify_models(
         native = verification.verify(emb, pairs, metric=model.spec.metric)
         cos = verification.verify(emb, pairs, metric="cosine") if model.spec.metric != "cosine" else native
         rocs[name] = (native.fpr, native.tpr, native.auc)
-        pub = PUBLISHED.get(name)
+        pub = PUBLISHED.get(name, model.spec.published_lfw)
         rows.append(
             {
                 "model": name,

@@ -229,13 +229,19 @@ class OnnxModule(nn.Module):
         return f"source={self.source!r}, input={self.input_name!r}, output={self.output_name!r}, nodes={len(self.nodes)}"
 
 
-def load_onnx(path: str | os.PathLike, output: str | None = None, fuse_batchnorm: bool = True) -> OnnxModule:
+def load_onnx(
+    path: str | os.PathLike, output: str | None = None, fuse_batchnorm: bool = True, free_batch: bool = True
+) -> OnnxModule:
     """Read an ONNX model into an eval-mode :class:`OnnxModule` returning ``output``.
 
     ``output`` defaults to the graph's only output. ``fuse_batchnorm`` folds each
     inference ``BatchNormalization`` that directly follows a ``Conv`` with constant
     weights into that convolution (``w * g / sqrt(v + eps)``, ``(b - m) * g / sqrt(v + eps)
-    + beta``), which changes results only by float rounding and saves a pass per layer. Raises :class:`OnnxFormatError` naming
+    + beta``), which changes results only by float rounding and saves a pass per layer.
+    ``free_batch``: a graph traced at batch 1 (its data input declares a fixed batch of 1)
+    bakes that 1 into its ``Reshape`` targets (e.g. ``[1, -1]`` before the embedding); such
+    a leading constant 1 becomes ONNX's ``0`` ("copy this dimension of the input"), so the
+    module runs any batch and a batch of one is unchanged. Raises :class:`OnnxFormatError` naming
     the file and the reason for unreadable files, unsupported operators, several data
     inputs or an unknown output name.
     """
@@ -299,6 +305,20 @@ def load_onnx(path: str | os.PathLike, output: str | None = None, fuse_batchnorm
                 runtime.append(node)
     if fuse_batchnorm:
         runtime = _fuse_conv_bn(runtime, consts, keep={output})
+    if free_batch and _declared_batch(graph, data_inputs[0]) == 1:
+        for node in runtime:
+            if node.op == "Reshape" and len(node.inputs) > 1 and node.inputs[1] in consts:
+                shape = consts[node.inputs[1]]
+                if (
+                    shape.dim() == 1
+                    and len(shape) > 1
+                    and int(shape[0]) == 1
+                    and not _attr(node, "allowzero", 0)
+                ):
+                    fixed = shape.clone()
+                    fixed[0] = 0
+                    consts[node.inputs[1] + "/free_batch"] = fixed
+                    node.inputs[1] = node.inputs[1] + "/free_batch"
     produced = {o for n in runtime for o in n.outputs} | {data_inputs[0]}
     if output not in produced and output not in consts:
         raise OnnxFormatError(f"{src}: no tensor named '{output}' (graph outputs: {outputs})")
@@ -306,6 +326,16 @@ def load_onnx(path: str | os.PathLike, output: str | None = None, fuse_batchnorm
     kept = {k: (v.float() if v.is_floating_point() else v) for k, v in consts.items() if k in needed}
     module = OnnxModule(kept, _prune(runtime, output), data_inputs[0], output, src)
     return module.eval()
+
+
+def _declared_batch(graph: Any, name: str) -> int | None:
+    """The fixed leading dimension the graph declares for input ``name`` (None if symbolic/absent)."""
+    for i in graph.input:
+        if i.name == name:
+            dims = i.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value"):
+                return int(dims[0].dim_value)
+    return None
 
 
 def _fuse_conv_bn(nodes: list[_Node], consts: dict[str, torch.Tensor], keep: set[str]) -> list[_Node]:

