@@ -58,7 +58,10 @@ def test_table_is_consistent():
     assert zoo.MODELS["mobileface"].strength == "weak"
     for name in ("facenet_casia", "facenet_msceleb", "mobilefacenet512"):
         s = zoo.MODELS[name]
-        assert s.strength == "strong" and s.role in ("surrogate", "intruder") and s.asset_key is not None
+        assert s.strength == "strong" and s.asset_key is not None and name in zoo.strong_models()
+    assert (
+        zoo.MODELS["facenet_casia"].role == "intruder" and zoo.MODELS["facenet_msceleb"].role == "surrogate"
+    )
     assert zoo.MODELS["facenet_casia"].prewhiten and zoo.MODELS["facenet_msceleb"].prewhiten
     assert (
         zoo.MODELS["facenet_casia"].published_lfw == 99.05
