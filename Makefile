@@ -15,7 +15,7 @@ ASSETS_STAMP := $(VENV)/.assets
 .PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip clean-outputs help results
 
 help:
-	@echo "make reproduce   # set up, then run every notebook with the default profile (10 users; sized for about 45-50 min on a quiet 2-core CPU)"
+	@echo "make reproduce   # set up, then run every notebook with the default profile (10 users; not yet timed in full on a 2-core CPU: see README)"
 	@echo "make test        # set up, then run the tests (unit tests + every notebook with the ci profile)"
 	@echo "make full        # paper-scale profile (hours on a CPU, minutes on a GPU)"
 	@echo "make test-fast   # unit tests only (no notebooks)"
