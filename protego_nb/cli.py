@@ -341,8 +341,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"({args.owner_model} similarity below {thr:.2f}): {names}; they are left out of the owner "
                   f"reference (check that they show you)", file=sys.stderr)
     keep = ~odd if 0 < odd.sum() and 2 * odd.sum() < len(odd) else np.ones(len(odd), bool)
-    ref = emb[keep].mean(0)
-    ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
+    ref = media.reference_embedding(emb[keep])
     try:
         result = train_ppt(x, lm, warps, models, cfg, device=device, checkpoint=args.checkpoint,
                            progress=progress, intruder=zoo.INTRUDER_DEFAULT)

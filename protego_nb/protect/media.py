@@ -406,12 +406,13 @@ def unlike_the_rest(embeddings: np.ndarray, threshold: float) -> np.ndarray:
 def owner_embedding(model: torch.nn.Module, canvases: torch.Tensor, landmarks: torch.Tensor,
                     batch_size: int = 16) -> np.ndarray:
     """The owner's reference embedding: the renormalised mean of the L2-normalised embeddings of the canvases."""
-    chunks = []
-    for i in range(0, canvases.shape[0], batch_size):
-        e = model(canvases[i : i + batch_size], landmarks[i : i + batch_size]).float()
-        chunks.append(torch.nn.functional.normalize(e, dim=1))
-    mean = torch.cat(chunks).mean(0)
-    return torch.nn.functional.normalize(mean, dim=0).cpu().numpy()
+    return reference_embedding(face_embeddings(model, canvases, landmarks, batch_size))
+
+
+def reference_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """``float32 [d]``: the renormalised mean of L2-normalised embeddings ``[n, d]`` (the owner reference)."""
+    mean = np.asarray(embeddings, np.float64).mean(0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- the protector
