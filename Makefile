@@ -12,13 +12,14 @@ export PYTHONUNBUFFERED := 1
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := $(VENV)/.assets
 
-.PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip clean-outputs help results
+.PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip check hooks clean-outputs help results
 
 help:
 	@echo "make reproduce   # set up, then run every notebook with the default profile (10 users; not yet timed in full on a 2-core CPU: see README)"
 	@echo "make test        # set up, then run the tests (unit tests + every notebook with the ci profile)"
 	@echo "make full        # paper-scale profile (hours on a CPU, minutes on a GPU)"
 	@echo "make test-fast   # unit tests only (no notebooks)"
+	@echo "make check       # lint, notebooks without outputs, no large files (the pre-commit hooks; CI runs it)"
 	@echo "make bench       # speed benchmarks -> papermill_runs/bench/*.json"
 	@echo "make results     # regenerate data/results/default/ tables + README results from the committed run JSON"
 	@echo "                 # (FROM=papermill_runs/default/results imports a finished run's JSON first)"
@@ -71,8 +72,15 @@ results: $(STAMP)
 lint: setup
 	$(VENV)/bin/ruff check protego_nb tests scripts benchmarks notebooks
 
+# the pre-commit hooks over every file (lint, notebooks without outputs, no large files); .ci/run calls this
+check: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
+
+hooks: $(STAMP)
+	$(VENV)/bin/pre-commit install
+
 strip:
-	$(VENV)/bin/nbstripout notebooks/*.ipynb
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 clean-outputs:
 	rm -rf figures/*/ papermill_runs/*/

@@ -36,7 +36,8 @@ if str(REPO) not in sys.path:
 
 from protego_nb import paths  # noqa: E402
 from protego_nb.faces.detect import FaceDetector, build_canvases  # noqa: E402
-from protego_nb.report import atomic_write_text, provenance  # noqa: E402
+from protego_nb.io import atomic_write_text  # noqa: E402
+from protego_nb.runtime import provenance  # noqa: E402
 
 
 def lfw_images(limit: int | None, seed: int) -> list[Path]:

@@ -59,8 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from protego_nb import paths  # noqa: E402
 from protego_nb.faces import images  # noqa: E402
+from protego_nb.io import atomic_write_text  # noqa: E402
 from protego_nb.protect import media, texture  # noqa: E402
-from protego_nb.report import atomic_write_text  # noqa: E402
 
 SIZES = {"640x480": ((480, 640), 1.5), "1920x1080": ((1080, 1920), 3.0)}
 
@@ -200,7 +200,8 @@ def owner_thresholds(models: list[str], per_fold: int = 40) -> dict:
     from sklearn.metrics import roc_curve
 
     from protego_nb import data
-    from protego_nb.evaluate import features, lfw_benchmark, verification
+    from protego_nb.evaluate import lfw_benchmark, verification
+    from protego_nb.models import embed as features
     from protego_nb.models import zoo
 
     pairs = verification.load_pairs().sample(per_fold=per_fold, seed=0)

@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protego_nb import paths, report  # noqa: E402
+from protego_nb import io, paths, runtime  # noqa: E402
 from protego_nb.faces import mesh, uv  # noqa: E402
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here (atomic)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = report.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     res = run(args.n, args.batches, device, args.repeats)
     res["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
     if device.startswith("cuda"):
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in res["stages"].items():
         print(f"{k:<12} {v['wall_ms']:>15.2f} {v['cpu_ms']:>14.2f}")
     if args.json is not None:
-        report.atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
+        io.atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
     return 0
 
 

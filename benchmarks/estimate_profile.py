@@ -30,8 +30,8 @@ from collections import Counter
 
 import torch
 
-from protego_nb import data, report, run, study
-from protego_nb.protect import baselines
+from protego_nb import data, io, run, runtime, study
+from protego_nb.protect import methods
 from protego_nb.protect import train as tr
 
 
@@ -72,14 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p05 = {k: _eval_default(v) if isinstance(v, str) else v for k, v in params_for(args.profile, "05_recall_tables").items()}
     p04 = {k: _eval_default(v) if isinstance(v, str) else v for k, v in params_for(args.profile, "04_gram_volume_ablations").items()}
     p03 = {k: _eval_default(v) if isinstance(v, str) else v for k, v in params_for(args.profile, "03_dense_cluster_umap").items()}
-    device = report.resolve_device(p05["DEVICE"])
+    device = runtime.resolve_device(p05["DEVICE"])
     ds = data.lfw()
     split = data.get_split(ds, p05["SPLIT_NAME"], protocol=p05["PROTOCOL"], seed=p05["SEED"], n_users=p05["N_USERS"],
                            min_images=p05["MIN_IMAGES"], max_images=p05["MAX_IMAGES"],
                            max_distractors=None if p05["MAX_DISTRACTORS"] <= 0 else p05["MAX_DISTRACTORS"])
     eps = p05["EPSILON_255"] / 255
     cfg = tr.TrainConfig.from_preset(p05["PRESET"], eps=eps, **({"epochs": p05["EPOCHS"]} if p05["EPOCHS"] > 0 else {}))
-    baselines.register_all(steps=p05["PER_IMAGE_STEPS"] or None, fawkes_mode=p05["FAWKES_MODE"])
+    pool = methods.TargetPool.from_faces(study.load_faces(ds, split.distractors[:64], with_uv=False))
+    methods.register_baselines(pool, steps=p05["PER_IMAGE_STEPS"] or None, fawkes_mode=p05["FAWKES_MODE"])
 
     users = split.user_names
     n_img = {u: len(study.user_images(split, u)) for u in users}
@@ -131,20 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             k = min(args.per_image_images, len(faces0))
             sub = faces0.take(faces0.ids[:k])
             sur = study.load_surrogates(list(surs), intr, device)
-            if name == "fawkes":
-                baselines.set_target_pool(baselines.TargetPool.from_faces(study.load_faces(
-                    ds, split.distractors[:64], with_uv=False)))
             timed = {}
             # a warm-up call (Fawkes embeds its target pool once), then the difference of the two timed runs
             # is the marginal cost of the steps
             for n_steps in (1, 1, 1 + args.per_image_steps):
-                baselines.register_all(steps=n_steps, fawkes_mode=p05["FAWKES_MODE"])
+                methods.register_baselines(pool, steps=n_steps, fawkes_mode=p05["FAWKES_MODE"])
                 quick_fn = study.METHODS[name].fn
                 gen = torch.Generator().manual_seed(0)
                 t0 = time.perf_counter()
                 quick_fn(sub, sur, eps=eps, min_ssim=cfg.min_ssim, device=device, generator=gen)
                 timed[n_steps] = time.perf_counter() - t0
-            baselines.register_all(steps=p05["PER_IMAGE_STEPS"] or None, fawkes_mode=p05["FAWKES_MODE"])
+            methods.register_baselines(pool, steps=p05["PER_IMAGE_STEPS"] or None, fawkes_mode=p05["FAWKES_MODE"])
             per_step = max(timed[1 + args.per_image_steps] - timed[1], 0.0) / (k * args.per_image_steps)
             per_image = max(timed[1] / k - per_step, 0.0)
             unit[f"{name}/image-step"], unit[f"{name}/image-fixed"] = per_step, per_image
@@ -247,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'total':<{width}}  {total / 3600:7.2f} h  (+ {rec['cold_detection_hours']:.2f} h detection on a cold cache)")
     text = json.dumps(rec, indent=1, default=str)
     if args.out:
-        report.atomic_write_text(args.out, text)
+        io.atomic_write_text(args.out, text)
     return 0
 
 

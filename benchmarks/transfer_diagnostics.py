@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 
-from protego_nb import data, paths, report, study, transfer_study
+from protego_nb import data, io, paths, runtime, study
 from protego_nb.evaluate import stats
 from protego_nb.protect import train as tr
+from protego_nb.study import transfer as transfer_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
 
-    report.seed_everything(0)
-    device = report.resolve_device("auto")
+    runtime.seed_everything(0)
+    device = runtime.resolve_device("auto")
     ds = data.lfw()
     split = data.get_split(ds, args.split, protocol="paper", seed=0, n_users=args.n_users_split, min_images=15,
                            max_images=args.max_images, max_distractors=args.max_distractors or None)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "values": values, "summary_mean_std_n": summary, "paired": paired, "floor_vs_raw": floor_vs_raw,
     }
     out = paths.REPO_ROOT / "data" / "results" / "bench" / f"{args.out}.json"
-    report.atomic_write_text(out, json.dumps(rec, indent=1, default=str))
+    io.atomic_write_text(out, json.dumps(rec, indent=1, default=str))
     for v in values:
         print(f"== {v}")
         for cell in prots:

@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 
-from protego_nb import data, paths, report, study
+from protego_nb import data, io, paths, runtime, study
 from protego_nb.protect import train as tr
 
 
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="transfer_sweep")
     args = ap.parse_args(argv)
 
-    report.seed_everything(0)
-    device = report.resolve_device("auto")
+    runtime.seed_everything(0)
+    device = runtime.resolve_device("auto")
     ds = data.lfw()
     split = data.get_split(ds, args.split, protocol="paper", seed=0, n_users=args.n_users_split, min_images=15,
                            max_images=args.max_images, max_distractors=args.max_distractors or None)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     out = paths.output_root() / "papermill_runs" / "bench" / f"{args.out}.json"
     rec = {"args": vars(args), "users": users, "seconds": time.perf_counter() - t0, "device": str(device),
            "rows": {k: v.to_dict() for k, v in abl.iterrows()}}
-    report.atomic_write_text(out, json.dumps(rec, indent=1, default=str))
+    io.atomic_write_text(out, json.dumps(rec, indent=1, default=str))
     print("wrote", out)
     return 0
 

@@ -540,7 +540,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         print(f"\nignored {len(got.ignored)} file(s) without a photo or video extension: "
               + ", ".join(p.name for p in got.ignored[:5]) + (" ..." if len(got.ignored) > 5 else ""))
     if args.report:
-        from .report import atomic_write_text
+        from .io import atomic_write_text
 
         try:
             atomic_write_text(args.report, json.dumps([r.to_dict() for r in results], indent=1))

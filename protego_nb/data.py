@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .report import atomic_write_text
+from .io import atomic_write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 PROTOCOLS = ("paper", "release")

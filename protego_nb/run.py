@@ -39,7 +39,8 @@ from pathlib import Path
 import yaml
 
 from . import paths
-from .report import atomic_write_text, git_info, machine, provenance
+from .io import atomic_write_text
+from .runtime import git_info, machine, provenance
 
 PROFILES = ("ci", "default", "full")
 

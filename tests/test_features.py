@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from protego_nb.evaluate import features as F
+from protego_nb.models import embed as F
 
 
 class TinyModel(torch.nn.Module):

@@ -7,6 +7,7 @@ import torch
 
 from protego_nb import data, study
 from protego_nb.protect import train as tr
+from protego_nb.study import protections
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def setup(lfw):
 
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "_cache_path", lambda key, ext: tmp_path / f"{key}.{ext}")
+    monkeypatch.setattr(protections, "_cache_path", lambda key, ext: tmp_path / f"{key}.{ext}")
     return tmp_path
 
 

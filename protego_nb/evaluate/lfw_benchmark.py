@@ -20,8 +20,9 @@ import torch
 from ..data import FaceDataset
 from ..faces import detect
 from ..faces.images import ImageError, load_rgb
+from ..models import embed as features
 from ..models import zoo
-from . import features, verification
+from . import verification
 
 #: Published LFW accuracies (%) of the same weights, where one exists: dlib ResNet (dlib's model
 #: card, "99.38% on the LFW benchmark"), SFace int8 (OpenCV Zoo model card, 99.40%).

@@ -167,7 +167,7 @@ def coverage_table(r: Mapping) -> pd.DataFrame:
 
 
 def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") -> pd.DataFrame:
-    """The issue's targets, each with the measured value and its 95% bootstrap interval over users."""
+    """The black-box transfer targets, each with the measured value and its 95% bootstrap interval over users."""
     p = r["params"]
     per = r["per_user"]["native"][p["intruder"]]
     zero = {u: 0.0 for u in per[ref]["1b"]}

@@ -1,4 +1,4 @@
-"""Diagnostics of black-box transfer (issue 13, 1b): does a protection move a user's photos together or apart?
+"""Diagnostics of black-box transfer: does a protection move a user's photos together or apart?
 
 :func:`shift_decomposition` splits the embedding change of each protected photo, ``delta_i = z'_i - z_i`` with
 ``z`` and ``z'`` the clean and protected embeddings **L2-normalised onto the unit sphere** (the geometry

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..report import atomic_write_text, resolve_device
+from ..io import atomic_write_text
+from ..runtime import resolve_device
 from . import align
 from .images import MAX_PIXELS, ImageError, decode_rgb, read_bytes
 

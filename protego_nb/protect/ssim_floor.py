@@ -26,7 +26,7 @@ DEFAULT_TOL = 1e-3
 
 
 def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from .baselines import per_image_ssim
+    from .methods.common import per_image_ssim
 
     return per_image_ssim(x, y)
 

@@ -248,7 +248,7 @@ def save_ppt(path: str | os.PathLike, texture: torch.Tensor, meta: Mapping[str, 
     full["epsilon"] = eps
     strmeta = {str(k): _meta_to_str(v) for k, v in full.items()}
     data = save({"ppt": tex}, metadata=strmeta)
-    from ..report import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     return atomic_write_bytes(target, data)
 

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..report import atomic_write_bytes
+from ..io import atomic_write_bytes
 from . import losses
 from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, FlatWarp, UVWarp, Warp, init_texture, save_ppt
 

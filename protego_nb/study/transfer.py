@@ -1,4 +1,4 @@
-"""Black-box transfer diagnostics (issue 13): the 2x2 of carrier x loss, the shift decomposition, the SSIM floor.
+"""Black-box transfer diagnostics: the 2x2 of carrier x loss, the shift decomposition, the SSIM floor.
 
 The 2x2 (diagnostic 1a) separates "a universal texture cannot transfer" from "this loss does not transfer".
 Every cell has the same surrogates, L-inf bound ``cfg.eps`` and SSIM floor ``cfg.min_ssim``:
@@ -14,7 +14,7 @@ cell               carrier                                      loss
 ``image_protego``  a perturbation per photo (every photo of     Protego, over batches of ``cfg.batch_size`` photos
                    the user, queries and gallery alike)         in order (the log-det spreads a batch); per-photo
                                                                 SSIM hinge (LowKey's per-image dynamic weight)
-``image_lowkey``   a perturbation per photo                     LowKey-style (:func:`baselines.lowkey_protect`)
+``image_lowkey``   a perturbation per photo                     LowKey-style (:func:`~protego_nb.protect.methods.lowkey.lowkey_protect`)
 ================== ============================================ ==============================================
 
 The per-photo cells take ``steps`` signed steps of ``lr`` (LowKey's 0.0025 by default) from Gaussian noise of
@@ -25,7 +25,7 @@ Budget caveat (measured): with few large steps (2 steps of 0.0315) every iterate
 below the floor, so both per-photo cells return their (identical, same-seed) init noise and score alike; the
 per-photo cells need many small steps (LowKey's 0.0025, >= 20 steps) to say anything.
 
-Scoring (:func:`score_cells`) follows :func:`protego_nb.study.ablation_rows`: each user's gallery is their own
+Scoring (:func:`score_cells`) follows :func:`protego_nb.study.ablations.ablation_rows`: each user's gallery is their own
 entries plus the distractors (other users left out), so per-user values pair across cells; scenarios 1b/1a/2b/2a
 with each model's native similarity. Every cell is scored twice: as produced (``raw``) and with the SSIM floor
 enforced on every protected canvas (``floor``: :func:`protego_nb.protect.ssim_floor.enforce_ssim_floor`).
@@ -41,11 +41,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from . import study
-from .evaluate import transfer
-from .protect import baselines, losses
-from .protect import train as tr
-from .protect.texture import init_texture
+from ..evaluate import transfer
+from ..protect import losses
+from ..protect import train as tr
+from ..protect.methods import METHODS, Method, lowkey
+from ..protect.methods.common import check_budget, check_faces, linf_box, per_image_ssim
+from ..protect.texture import init_texture
+from .faces import FaceSet
+from .protections import Protection, run_method, with_ssim_floor
+from .scoring import features_for
 
 __all__ = [
     "CELLS",
@@ -117,7 +121,7 @@ def lowkey_texture(train_faces, surrogates, cfg: tr.TrainConfig, device="cpu", g
         tex = texture.detach().clone().requires_grad_(True)
         x_prot = torch.clamp(x + warps.select(idx).to(device).perturbation(tex, cfg.eps), 0.0, 1.0)
         ref = [(mdl, clean[name][0][idx.to(device)], clean[name][1][idx.to(device)]) for name, mdl in models.items()]
-        d = baselines._lowkey_distance(x_prot, lm, ref, _blur).mean()
+        d = lowkey.lowkey_distance(x_prot, lm, ref, _blur).mean()
         with torch.no_grad():
             s = losses.ssim(x_prot, x)
         loss = -d
@@ -140,8 +144,8 @@ def protego_per_image(
     generator: torch.Generator | None = None,
     *,
     steps: int = 30,
-    lr: float = baselines.LOWKEY_DEFAULTS["lr"],
-    init_noise: float = baselines.LOWKEY_DEFAULTS["init_noise"],
+    lr: float = lowkey.LOWKEY_DEFAULTS["lr"],
+    init_noise: float = lowkey.LOWKEY_DEFAULTS["init_noise"],
     batch_size: int = 4,
     use_logdet: bool = True,
     start: torch.Tensor | None = None,
@@ -154,13 +158,13 @@ def protego_per_image(
 
     Photos in order, in batches of ``batch_size`` (the log-det is over a batch, as in training the PPT);
     per step the loss is :func:`losses.protego_loss`'s feature terms (log-det + cosine to the clean embedding,
-    ensemble mean) plus each photo's SSIM hinge with its own dynamic weight (as :func:`baselines.lowkey_protect`),
+    ensemble mean) plus each photo's SSIM hinge with its own dynamic weight (as :func:`~protego_nb.protect.methods.lowkey.lowkey_protect`),
     signed steps of ``lr`` kept in the L-inf box. Each photo's last iterate meeting ``min_ssim`` is returned
     (the clean photo when none does).
     """
-    baselines._check_budget(eps, min_ssim)
+    check_budget(eps, min_ssim)
     x_all, lm_all = faces.x, faces.lm
-    baselines._check_faces(x_all, lm_all, "Protego per image")
+    check_faces(x_all, lm_all, "Protego per image")
     models = tr._as_dict(surrogates)
     device = torch.device(device)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -171,7 +175,7 @@ def protego_per_image(
         x = x_all[sl].to(device)
         lm = lm_all[sl].to(device=device, dtype=torch.float32)
         b = x.shape[0]
-        lo, hi = baselines._box(x, eps)
+        lo, hi = linf_box(x, eps)
         with torch.no_grad():
             clean = {k: mdl(x, lm).float() for k, mdl in models.items()}
         if start is None:
@@ -184,7 +188,7 @@ def protego_per_image(
         for it in range(steps + 1):
             x_adv = x_adv.detach().requires_grad_(True)
             with torch.no_grad():
-                s = baselines.per_image_ssim(x_adv, x)
+                s = per_image_ssim(x_adv, x)
                 ok = s >= min_ssim
                 best[ok] = x_adv[ok].detach()
             if it == steps:
@@ -195,7 +199,7 @@ def protego_per_image(
             if bool(below.any()):
                 sel = below.nonzero().flatten()
                 w = torch.tensor([weights[int(i)].weight for i in sel], device=device, dtype=x.dtype)
-                loss = loss + (w * torch.clamp(min_ssim - baselines.per_image_ssim(x_adv[sel], x[sel]), min=0)).sum()
+                loss = loss + (w * torch.clamp(min_ssim - per_image_ssim(x_adv[sel], x[sel]), min=0)).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
             for i in range(b):
                 weights[i].update(float(s[i]))
@@ -206,7 +210,7 @@ def protego_per_image(
 
 
 def refine_ppt(
-    ppt: study.Protection,
+    ppt: Protection,
     faces,
     surrogates: Mapping[str, torch.nn.Module],
     cfg: tr.TrainConfig,
@@ -224,19 +228,19 @@ def refine_ppt(
     return out, time.perf_counter() - t0
 
 
-def cell_methods(steps: int = 30, lr: float = baselines.LOWKEY_DEFAULTS["lr"]) -> dict[str, study.Method]:
-    """The four cells as :class:`protego_nb.study.Method` objects (not registered in ``study.METHODS``)."""
+def cell_methods(steps: int = 30, lr: float = lowkey.LOWKEY_DEFAULTS["lr"]) -> dict[str, Method]:
+    """The four cells as :class:`~protego_nb.protect.methods.Method` objects (not registered)."""
     pi = {"steps": int(steps), "lr": float(lr)}
     return {
         # the study's own protego method (same name, so its cached textures are reused)
-        "ppt_protego": study.METHODS["protego"],
-        "ppt_lowkey": study.Method("ppt_lowkey", kind="texture_fn", mode="uv", fn=lowkey_texture,
+        "ppt_protego": METHODS["protego"],
+        "ppt_lowkey": Method("ppt_lowkey", kind="texture_fn", mode="uv", fn=lowkey_texture,
                                    title="UV PPT, LowKey-style loss"),
-        "image_protego": study.Method("image_protego", kind="per_image", mode="flat", config=pi,
+        "image_protego": Method("image_protego", kind="per_image", mode="flat", config=pi,
                                       fn=functools.partial(protego_per_image, **pi),
                                       title=f"per-image Protego loss ({steps} steps, lr {lr})"),
-        "image_lowkey": study.Method("image_lowkey", kind="per_image", mode="flat", config=pi,
-                                     fn=functools.partial(baselines.lowkey_protect, **pi),
+        "image_lowkey": Method("image_lowkey", kind="per_image", mode="flat", config=pi,
+                                     fn=functools.partial(lowkey.lowkey_protect, **pi),
                                      title=f"per-image LowKey-style ({steps} steps, lr {lr})"),
     }
 
@@ -245,22 +249,22 @@ def cell_methods(steps: int = 30, lr: float = baselines.LOWKEY_DEFAULTS["lr"]) -
 def run_cells(
     cells: Sequence[str],
     split,
-    faces: Mapping[str, study.FaceSet],
+    faces: Mapping[str, FaceSet],
     surrogates: Mapping[str, torch.nn.Module],
     cfg: tr.TrainConfig,
     intruder: str,
     device: str = "cpu",
     steps: int = 30,
-    lr: float = baselines.LOWKEY_DEFAULTS["lr"],
+    lr: float = lowkey.LOWKEY_DEFAULTS["lr"],
     log=None,
-) -> dict[str, dict[str, study.Protection]]:
-    """``{cell: {user: Protection}}`` through :func:`protego_nb.study.run_method` (cached like the study's)."""
+) -> dict[str, dict[str, Protection]]:
+    """``{cell: {user: Protection}}`` through :func:`protego_nb.study.protections.run_method` (cached like the study's)."""
     methods = cell_methods(steps, lr)
-    out: dict[str, dict[str, study.Protection]] = {cell: {} for cell in cells}
+    out: dict[str, dict[str, Protection]] = {cell: {} for cell in cells}
     for u, fs in faces.items():  # user by user, so that an interrupted run leaves whole users in the cache
         for cell in cells:
             t0 = time.perf_counter()
-            p = study.run_method(methods[cell], u, fs.take(split.users[u].train), fs, surrogates, cfg,
+            p = run_method(methods[cell], u, fs.take(split.users[u].train), fs, surrogates, cfg,
                                  device=device, intruder=intruder)
             out[cell][u] = p
             if log:
@@ -268,17 +272,17 @@ def run_cells(
     return out
 
 
-def floored(prots: Mapping[str, Mapping[str, study.Protection]], faces: Mapping[str, study.FaceSet],
+def floored(prots: Mapping[str, Mapping[str, Protection]], faces: Mapping[str, FaceSet],
             min_ssim: float) -> tuple[dict, dict]:
-    """The protections with the SSIM floor enforced on every canvas (:func:`protego_nb.study.with_ssim_floor`)."""
-    return study.with_ssim_floor(prots, faces, min_ssim)
+    """The protections with the SSIM floor enforced on every canvas (:func:`protego_nb.study.protections.with_ssim_floor`)."""
+    return with_ssim_floor(prots, faces, min_ssim)
 
 
 def score_cells(
-    prots: Mapping[str, Mapping[str, study.Protection]],
+    prots: Mapping[str, Mapping[str, Protection]],
     split,
-    faces: Mapping[str, study.FaceSet],
-    distractors: study.FaceSet,
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
     models: Sequence[str],
     device: str = "cpu",
 ) -> dict:
@@ -286,15 +290,15 @@ def score_cells(
     ``<model>_<shift key>`` of :func:`transfer.shift_decomposition` (all photos of the user), ``ssim`` (mean over
     the user's canvases), ``ssim_min`` (the user's lowest), ``seconds`` (the user's training time, or the time
     the per-photo method took for all their photos) and ``seconds_per_photo`` (``seconds`` over their photos)."""
-    from .evaluate import quality, retrieval
-    from .models import zoo
+    from ..evaluate import quality, retrieval
+    from ..models import zoo
 
     users = list(faces)
     res: dict = {cell: {} for cell in prots}
     for name in models:
         model = zoo.load(name, device)
         for cell, by_user in prots.items():
-            f = study.features_for(model, name, faces, distractors, by_user, device=device, method=cell)
+            f = features_for(model, name, faces, distractors, by_user, device=device, method=cell)
             d = retrieval.evaluate_users(f, split, scenarios=["1b", "1a", "2b", "2a"], metric=("native",),
                                                users=users, protect_others=False, include_others=False)
             d = d[d["native"]]
@@ -319,7 +323,7 @@ def score_cells(
 def paired_summary(values: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Sequence[str],
                    contrasts: Mapping[str, tuple[str, str]], seed: int = 0) -> dict:
     """``{contrast: {key: PairedDiff dict}}`` over the users both cells scored (``evaluate.stats``)."""
-    from .evaluate import stats
+    from ..evaluate import stats
 
     out: dict = {}
     for cname, (a, b) in contrasts.items():

@@ -1,4 +1,4 @@
-"""Tests for protego_nb.protect.baselines (OPOM, Fawkes-style, LowKey-style) on tiny stand-in models."""
+"""Tests for the peer methods in protego_nb.protect.methods (OPOM, Fawkes-style, LowKey-style) on tiny stand-in models."""
 
 
 import numpy as np
@@ -8,8 +8,9 @@ from fakes import TinyFR
 from scipy.optimize import minimize
 
 from protego_nb import study
-from protego_nb.protect import baselines as B
+from protego_nb.protect import methods as M
 from protego_nb.protect import train as T
+from protego_nb.protect.methods import common, fawkes, lowkey, opom
 
 torch.set_num_threads(1)
 S = 32  # canvas side
@@ -30,7 +31,7 @@ def _faces(n=6, seed=0, name="User_A"):
 
 def _pool():
     parts = [_faces(3, seed=10 + k, name=f"Other_{k}") for k in range(3)]
-    return B.TargetPool(
+    return M.TargetPool(
         [i.split("/")[0] for p in parts for i in p.ids],
         torch.cat([p.x for p in parts]),
         torch.cat([p.lm for p in parts]),
@@ -60,17 +61,17 @@ def _simplex_reference(v: np.ndarray) -> np.ndarray:
 
 
 def test_simplex_projection_is_correct():
-    assert torch.allclose(B.project_simplex(torch.tensor([2.0, 0.0])), torch.tensor([1.0, 0.0]))
-    assert torch.allclose(B.project_simplex(torch.tensor([0.3, 0.7])), torch.tensor([0.3, 0.7]))
-    assert torch.allclose(B.project_simplex(torch.tensor([0.5, 0.5, 0.5])), torch.full((3,), 1 / 3))
+    assert torch.allclose(opom.project_simplex(torch.tensor([2.0, 0.0])), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(opom.project_simplex(torch.tensor([0.3, 0.7])), torch.tensor([0.3, 0.7]))
+    assert torch.allclose(opom.project_simplex(torch.tensor([0.5, 0.5, 0.5])), torch.full((3,), 1 / 3))
     g = torch.Generator().manual_seed(0)
     v = torch.randn(50, 7, generator=g, dtype=torch.float64) * 2
-    p = B.project_simplex(v)
+    p = opom.project_simplex(v)
     assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(50, dtype=torch.float64))
     ref = np.stack([_simplex_reference(r) for r in v.numpy()])
     np.testing.assert_allclose(p.numpy(), ref, atol=1e-9)
     # no other simplex point is closer
-    q = B.project_simplex(torch.rand(50, 200, 7, generator=g, dtype=torch.float64) * 3)
+    q = opom.project_simplex(torch.rand(50, 200, 7, generator=g, dtype=torch.float64) * 3)
     assert ((q - v[:, None]).norm(dim=-1) >= (p - v).norm(dim=-1)[:, None] - 1e-12).all()
 
 
@@ -78,7 +79,7 @@ def test_affine_hull_matches_numpy_least_squares():
     g = torch.Generator().manual_seed(1)
     X = torch.randn(5, 12, generator=g, dtype=torch.float64)  # 5 affinely independent points in R^12
     z = torch.randn(8, 12, generator=g, dtype=torch.float64)
-    a = B.affine_hull_coefficients(X, z)
+    a = opom.affine_hull_coefficients(X, z)
     # reference: substitute a_n = 1 - sum(a_1..a_{n-1}) and solve the unconstrained least squares
     Xn = X.numpy()
     A = (Xn[:-1] - Xn[-1]).T  # [D, n-1]
@@ -89,11 +90,11 @@ def test_affine_hull_matches_numpy_least_squares():
     assert torch.allclose(a.sum(1), torch.ones(8, dtype=torch.float64))
     # points of the hull project onto themselves (distance 0); rank-deficient hulls (n > D) still work
     inside = torch.tensor([[0.2, 0.3, -0.5, 0.6, 0.4]], dtype=torch.float64) @ X
-    assert float(B.FeatureHull(X).distance2(inside, "affine")) < 1e-18
+    assert float(opom.FeatureHull(X).distance2(inside, "affine")) < 1e-18
     many = torch.randn(9, 3, generator=g, dtype=torch.float64)
     assert (
         float(
-            B.FeatureHull(many).distance2(torch.randn(4, 3, generator=g, dtype=torch.float64), "affine").max()
+            opom.FeatureHull(many).distance2(torch.randn(4, 3, generator=g, dtype=torch.float64), "affine").max()
         )
         < 1e-18
     )
@@ -103,7 +104,7 @@ def test_convex_hull_matches_a_constrained_solver():
     g = torch.Generator().manual_seed(2)
     X = torch.nn.functional.normalize(torch.randn(6, 10, generator=g, dtype=torch.float64), dim=1)
     z = torch.nn.functional.normalize(torch.randn(5, 10, generator=g, dtype=torch.float64), dim=1)
-    hull = B.FeatureHull(X)
+    hull = opom.FeatureHull(X)
     a = hull.convex(z, iters=300)
     assert (a >= 0).all() and torch.allclose(a.sum(1), torch.ones(5, dtype=torch.float64))
     Xn = X.numpy()
@@ -136,7 +137,7 @@ def _hull_distance(x_prot, faces, kind):
         with torch.no_grad():
             clean = torch.nn.functional.normalize(m(faces.x, faces.lm), dim=1)
             z = torch.nn.functional.normalize(m(x_prot, faces.lm), dim=1)
-        out.append(B.FeatureHull(clean).distance2(z, kind).mean())
+        out.append(opom.FeatureHull(clean).distance2(z, kind).mean())
     return float(torch.stack(out).mean())
 
 
@@ -144,14 +145,14 @@ def _hull_distance(x_prot, faces, kind):
 def test_opom_pushes_protected_features_away_from_the_hull(hull):
     faces = _faces(8)
     cfg = _cfg(epochs=8, lr_rel=0.05)
-    res = B.opom_train(
+    res = opom.opom_train(
         faces.x, faces.lm, MODELS, cfg, generator=torch.Generator().manual_seed(0), hull=hull, n_init=2
     )
     assert res.texture.shape == (1, 3, S, S) and float(res.texture.abs().max()) <= cfg.eps + 1e-7
     assert res.steps == 16
     # the first n_init epochs use the class centre, then the hull
-    assert res.history["hull"][:4] == [B.HULLS.index("centre")] * 4
-    assert set(res.history["hull"][4:]) == {B.HULLS.index(hull)}
+    assert res.history["hull"][:4] == [opom.HULLS.index("centre")] * 4
+    assert set(res.history["hull"][4:]) == {opom.HULLS.index(hull)}
     prot = study.protect_faces(faces, res.texture, "flat", cfg.eps)
     _assert_bounded(prot, faces.x, cfg.eps)
     rand = (torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(5)) * 2 - 1) * cfg.eps
@@ -166,15 +167,15 @@ def test_opom_pushes_protected_features_away_from_the_hull(hull):
 
 def test_opom_feature_variant_and_input_errors():
     faces = _faces(4)
-    res = B.opom_train(faces.x, faces.lm, MODELS, _cfg(epochs=3), hull="feature")
-    assert set(res.history["hull"]) == {B.HULLS.index("feature")}
+    res = opom.opom_train(faces.x, faces.lm, MODELS, _cfg(epochs=3), hull="feature")
+    assert set(res.history["hull"]) == {opom.HULLS.index("feature")}
     assert res.history["distance"][-1] > res.history["distance"][0]
     with pytest.raises(ValueError, match="unknown OPOM hull"):
-        B.opom_train(faces.x, faces.lm, MODELS, _cfg(), hull="sphere")
+        opom.opom_train(faces.x, faces.lm, MODELS, _cfg(), hull="sphere")
     with pytest.raises(ValueError, match="landmarks"):
-        B.opom_train(faces.x, faces.lm[:2], MODELS, _cfg())
+        opom.opom_train(faces.x, faces.lm[:2], MODELS, _cfg())
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        B.opom_train(faces.x * 2, faces.lm, MODELS, _cfg())
+        opom.opom_train(faces.x * 2, faces.lm, MODELS, _cfg())
 
 
 # ---------------------------------------------------------------------------------------- Fawkes
@@ -186,23 +187,23 @@ def test_select_target_label_picks_the_farthest_identity_and_never_the_user():
         )
     }
     labels = ["near", "side", "side2", "far", "far"]
-    assert B.select_target_label(user, pool, labels) == "far"
-    assert B.select_target_label(user, pool, labels, exclude=["far"]) in {"side", "side2"}
+    assert fawkes.select_target_label(user, pool, labels) == "far"
+    assert fawkes.select_target_label(user, pool, labels, exclude=["far"]) in {"side", "side2"}
     picks = {
-        B.select_target_label(user, pool, labels, top_k=3, generator=torch.Generator().manual_seed(s))
+        fawkes.select_target_label(user, pool, labels, top_k=3, generator=torch.Generator().manual_seed(s))
         for s in range(20)
     }
     assert picks <= {"far", "side", "side2"} and len(picks) > 1
     with pytest.raises(ValueError, match="no candidate"):
-        B.select_target_label(user, pool, labels, exclude=labels)
+        fawkes.select_target_label(user, pool, labels, exclude=labels)
     with pytest.raises(ValueError, match="same models"):
-        B.select_target_label(user, {"other": pool["m"]}, labels)
+        fawkes.select_target_label(user, {"other": pool["m"]}, labels)
 
 
 def test_fawkes_moves_features_toward_the_target_within_the_budget():
     faces = _faces(5)
     pool = _pool()
-    prot, info = B.fawkes_protect(
+    prot, info = fawkes.fawkes_protect(
         faces,
         MODELS,
         EPS,
@@ -219,7 +220,7 @@ def test_fawkes_moves_features_toward_the_target_within_the_budget():
         info["target"]
     }
     assert (info["ssim"] >= 0.95 - 1e-6).all()
-    ssim = B.per_image_ssim(prot, faces.x)
+    ssim = common.per_image_ssim(prot, faces.x)
     assert torch.allclose(ssim, info["ssim"], atol=1e-5)
     # every image closer to its target image's embedding, clearly on average
     assert (info["dist"] < info["dist_clean"]).all()
@@ -229,20 +230,19 @@ def test_fawkes_moves_features_toward_the_target_within_the_budget():
 
 def test_fawkes_needs_a_pool_and_excludes_the_user():
     faces = _faces(3)
-    B.set_target_pool(None)
-    with pytest.raises(ValueError, match="target pool"):
-        B.fawkes_protect(faces, MODELS, steps=1)
-    own = B.TargetPool.from_faces(_faces(3, seed=4))  # same identity folder "User_A"
+    with pytest.raises(TypeError, match="TargetPool"):
+        fawkes.fawkes_protect(faces, MODELS, pool=None, steps=1)
+    own = M.TargetPool.from_faces(_faces(3, seed=4))  # same identity folder "User_A"
     with pytest.raises(ValueError, match="no candidate"):
-        B.fawkes_protect(faces, MODELS, pool=own, steps=1)
+        fawkes.fawkes_protect(faces, MODELS, pool=own, steps=1)
     with pytest.raises(ValueError, match="unknown Fawkes mode"):
-        B.fawkes_protect(faces, MODELS, pool=own, mode="extreme")
+        fawkes.fawkes_protect(faces, MODELS, pool=own, mode="extreme")
 
 
 # ---------------------------------------------------------------------------------------- LowKey
 def test_lowkey_moves_features_away_from_clean_within_the_budget():
     faces = _faces(5)
-    prot, info = B.lowkey_protect(
+    prot, info = lowkey.lowkey_protect(
         faces,
         MODELS,
         EPS,
@@ -254,14 +254,14 @@ def test_lowkey_moves_features_away_from_clean_within_the_budget():
         return_info=True,
     )
     _assert_bounded(prot, faces.x)
-    assert (B.per_image_ssim(prot, faces.x) >= 0.95 - 1e-6).all()
+    assert (common.per_image_ssim(prot, faces.x) >= 0.95 - 1e-6).all()
     with torch.no_grad():
         for m in MODELS.values():
             moved = (m(prot, faces.lm) - m(faces.x, faces.lm)).norm(dim=1) / m(faces.x, faces.lm).norm(dim=1)
             assert (moved > 0.05).all()
     assert (info["dist"] > 0).all()
     # more steps move further (same seed)
-    _, short = B.lowkey_protect(
+    _, short = lowkey.lowkey_protect(
         faces,
         MODELS,
         EPS,
@@ -276,23 +276,25 @@ def test_lowkey_moves_features_away_from_clean_within_the_budget():
 
 def test_lowkey_zero_steps_and_bad_input():
     faces = _faces(3)
-    prot = B.lowkey_protect(faces, MODELS, steps=0, init_noise=0.0)
+    prot = lowkey.lowkey_protect(faces, MODELS, steps=0, init_noise=0.0)
     assert torch.equal(prot, faces.x)  # only the clean image is feasible and it is not beaten (distance 0)
     with pytest.raises(ValueError, match="eps"):
-        B.lowkey_protect(faces, MODELS, eps=0)
+        lowkey.lowkey_protect(faces, MODELS, eps=0)
     bad = study.FaceSet(faces.ids, faces.x[:, :, :8, :8], faces.lm)
     with pytest.raises(ValueError, match="11x11"):
-        B.lowkey_protect(bad, MODELS)
+        lowkey.lowkey_protect(bad, MODELS)
 
 
 # ---------------------------------------------------------------------------------------- registration
 def test_register_all_and_run_method():
     before = dict(study.METHODS)
     try:
-        names = B.register_all(steps=3, pool=_pool())
-        assert set(B.BASELINES) <= set(names) <= set(study.METHODS)
+        pool = _pool()
+        names = M.register_baselines(pool, steps=3)
+        assert set(M.BASELINES) <= set(names) <= set(study.METHODS)
+        assert study.METHODS["fawkes"].context == ("target_pool", *sorted(pool.labels))  # part of the cache key
         snapshot = {k: (m.kind, m.mode, m.config) for k, m in study.METHODS.items()}
-        B.register_all(steps=3)  # idempotent
+        M.register_baselines(pool, steps=3)  # idempotent
         assert {k: (m.kind, m.mode, m.config) for k, m in study.METHODS.items()} == snapshot
         assert study.METHODS["opom"].kind == "texture_fn" and study.METHODS["opom"].mode == "flat"
         assert study.METHODS["fawkes"].kind == "per_image" and study.METHODS["lowkey"].kind == "per_image"
@@ -308,11 +310,13 @@ def test_register_all_and_run_method():
             if name.startswith("opom"):
                 assert p.texture.shape == (1, 3, S, S)
         with pytest.raises(ValueError, match="unknown Fawkes mode"):
-            B.register_all(fawkes_mode="extreme")
+            M.register_baselines(fawkes_mode="extreme")
+        assert "fawkes" not in M.register_baselines(steps=3) and "fawkes" not in study.METHODS  # no pool, no Fawkes
+        with pytest.raises(KeyError, match="not registered"):
+            study.run_method("fawkes", "u", train, faces, MODELS, T.TrainConfig.from_preset("ci"))
     finally:
         study.METHODS.clear()
         study.METHODS.update(before)
-        B.set_target_pool(None)
 
 
 # ---------------------------------------------------------------------------------------- real LFW, zoo surrogate
@@ -325,24 +329,23 @@ def test_baselines_on_lfw_with_a_zoo_surrogate(lfw):
     user = "Tony_Blair"
     faces = study.load_faces(lfw, study.user_images(split, user), with_uv=False)
     train = study.load_faces(lfw, split.users[user].train, with_uv=False)
-    pool = B.TargetPool.from_faces(study.load_faces(lfw, split.distractors, with_uv=False))
+    pool = M.TargetPool.from_faces(study.load_faces(lfw, split.distractors, with_uv=False))
     sur = study.load_surrogates(["dlib_resnet"], "sface")
     model = sur["dlib_resnet"]
     before = dict(study.METHODS)
     try:
-        B.register_all(steps=4, pool=pool)
+        M.register_baselines(pool, steps=4)
         cfg = T.TrainConfig.from_preset("ci", epochs=3)
         with torch.no_grad():
             clean = model(faces.x, faces.lm)
-        for name in B.BASELINES:
+        for name in M.BASELINES:
             p = study.run_method(name, user, train, faces, sur, cfg, cache=False)
             _assert_bounded(p.protected, faces.x, cfg.eps)
             with torch.no_grad():
                 moved = (model(p.protected, faces.lm) - clean).norm(dim=1) / clean.norm(dim=1)
             assert float(moved.mean()) > 0.02, name
             if name != "opom":  # per-image methods keep every image at or above the SSIM floor
-                assert (B.per_image_ssim(p.protected, faces.x) >= cfg.min_ssim - 1e-6).all(), name
+                assert (common.per_image_ssim(p.protected, faces.x) >= cfg.min_ssim - 1e-6).all(), name
     finally:
         study.METHODS.clear()
         study.METHODS.update(before)
-        B.set_target_pool(None)

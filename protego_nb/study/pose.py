@@ -9,7 +9,7 @@ binned by that photo's own pose (whether a turned protected photo stays hidden);
 embedding pass (:func:`pose_rows`).
 
 Same split, methods, configuration and surrogates as notebook 05, so the trained textures are the
-cached ones (``study.run_method``'s cache) and the numbers of both notebooks describe the same PPTs.
+cached ones (``run_method``'s cache) and the numbers of both notebooks describe the same PPTs.
 
 Pose variants of Protego (:func:`protect_pose_variants`), each trained on a subset of the user's
 training images and applied to all of the user's images:
@@ -30,30 +30,32 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import study
-from .data import Split
-from .evaluate import pose as P
-from .protect import train as tr
+from ..data import Split
+from ..evaluate import pose as P
+from ..protect import train as tr
+from .faces import FaceSet
+from .protections import Protection, run_method
+from .scoring import features_for
 
 ROLES = ("train", "queries", "gallery_unseen")
 FRONTAL, SIZED = "protego_frontal", "protego_sized"
 
 
 # ---------------------------------------------------------------------------------------- poses
-def mesh_vertices(faces: study.FaceSet) -> np.ndarray:
+def mesh_vertices(faces: FaceSet) -> np.ndarray:
     """``[N, 468, 3]`` mesh vertices of a FaceSet's canvases (the disk-cached meshes; NaN without a mesh)."""
-    from .faces import mesh
+    from ..faces import mesh
 
     if not len(faces):
         return np.zeros((0, mesh.N_VERTICES, 3), np.float32)
     return mesh.mesh_canvases([faces.canvases[i].canvas for i in faces.ids]).vertices
 
 
-def image_poses(split: Split, faces: Mapping[str, study.FaceSet]) -> pd.DataFrame:
+def image_poses(split: Split, faces: Mapping[str, FaceSet]) -> pd.DataFrame:
     """One row per user image: ``id``, ``user``, ``role`` (train, queries, gallery_unseen), ``yaw``,
     ``pitch``, ``roll``, ``abs_yaw`` (:mod:`protego_nb.evaluate.pose`) and ``yaw_axis``
     (:func:`protego_nb.faces.mesh.estimate_yaw`, the yaw of notebook 01; equal to ``yaw`` at roll 0)."""
-    from .faces import mesh
+    from ..faces import mesh
 
     frames = []
     for user, fs in faces.items():
@@ -87,7 +89,7 @@ class PoseVariants:
     """Protections of the pose variants: ``{variant: {user: Protection}}``, the training ids per variant
     and user, and the users left out (too few frontal training images) with the reason."""
 
-    protections: dict[str, dict[str, study.Protection]]
+    protections: dict[str, dict[str, Protection]]
     train_ids: dict[str, dict[str, list[str]]]
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -98,7 +100,7 @@ class PoseVariants:
 
 def protect_pose_variants(
     split: Split,
-    faces: Mapping[str, study.FaceSet],
+    faces: Mapping[str, FaceSet],
     poses: pd.DataFrame,
     surrogates: Mapping,
     cfg: tr.TrainConfig,
@@ -107,7 +109,7 @@ def protect_pose_variants(
     seed: int = 0,
     device: str = "cpu",
     intruder: str | None = None,
-    base: Mapping[str, study.Protection] | None = None,
+    base: Mapping[str, Protection] | None = None,
     progress: bool = True,
 ) -> PoseVariants:
     """Protego trained on all training images (``protego``; taken from ``base`` when given), on the
@@ -118,7 +120,7 @@ def protect_pose_variants(
     """
     from tqdm.auto import tqdm
 
-    out: dict[str, dict[str, study.Protection]] = {"protego": {}, FRONTAL: {}, SIZED: {}}
+    out: dict[str, dict[str, Protection]] = {"protego": {}, FRONTAL: {}, SIZED: {}}
     ids: dict[str, dict[str, list[str]]] = {"protego": {}, FRONTAL: {}, SIZED: {}}
     skipped: dict[str, str] = {}
     for user in tqdm(list(faces), desc="pose variants", disable=not progress):
@@ -137,7 +139,7 @@ def protect_pose_variants(
             if name == "protego" and base is not None and user in base:
                 out[name][user] = base[user]
                 continue
-            p = study.run_method("protego", user, fs.take(sub), fs, surrogates, cfg, device=device,
+            p = run_method("protego", user, fs.take(sub), fs, surrogates, cfg, device=device,
                                  intruder=intruder)
             out[name][user] = dataclasses.replace(p, method=name)
     return PoseVariants(out, ids, skipped)
@@ -147,9 +149,9 @@ def protect_pose_variants(
 def pose_rows(
     model_names: Sequence[str],
     split: Split,
-    faces: Mapping[str, study.FaceSet],
-    distractors: study.FaceSet,
-    protections: Mapping[str, Mapping[str, study.Protection]],
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    protections: Mapping[str, Mapping[str, Protection]],
     poses: pd.DataFrame,
     edges: Sequence[float],
     scenarios: Sequence[str] = ("1a", "2b", "2a"),
@@ -160,19 +162,19 @@ def pose_rows(
     """Per-query rows and, with ``entry_scenarios``, per-gallery-photo rows, from one embedding pass.
 
     Queries: ``retrieval.evaluate_users(..., per_query=True)`` with native similarity and notebook 05's
-    galleries (the same call as ``study.evaluate``), joined with the query's pose and ``|yaw|`` bin
+    galleries (the same call as ``evaluate``), joined with the query's pose and ``|yaw|`` bin
     (``edges``). Gallery photos: :func:`entry_table`'s rows, binned with ``entry_edges``.
     Only the users in ``faces`` are evaluated, and their galleries hold only those users' entries (plus
     the distractors), so pass the same ``faces`` to compare methods on the same galleries.
     """
-    from .evaluate import retrieval
-    from .models import zoo
+    from ..evaluate import retrieval
+    from ..models import zoo
 
     qs, es = [], []
     for name in model_names:
         model = zoo.load(name, device)
         for method, prots in protections.items():
-            f = study.features_for(model, name, faces, distractors, prots, device=device, method=method)
+            f = features_for(model, name, faces, distractors, prots, device=device, method=method)
             if scenarios:
                 qs.append(retrieval.evaluate_users(f, split, scenarios=scenarios, metric=("native",),
                                                    users=list(faces), per_query=True))
@@ -192,9 +194,9 @@ def pose_rows(
 def query_rows(
     model_names: Sequence[str],
     split: Split,
-    faces: Mapping[str, study.FaceSet],
-    distractors: study.FaceSet,
-    protections: Mapping[str, Mapping[str, study.Protection]],
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    protections: Mapping[str, Mapping[str, Protection]],
     poses: pd.DataFrame,
     edges: Sequence[float],
     scenarios: Sequence[str] = ("1a", "2b", "2a"),
@@ -223,7 +225,7 @@ def frontal_summary(variants: PoseVariants, poses: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def canvases_and_vertices(faces: Mapping[str, study.FaceSet]) -> tuple[list[np.ndarray], np.ndarray]:
+def canvases_and_vertices(faces: Mapping[str, FaceSet]) -> tuple[list[np.ndarray], np.ndarray]:
     """Canvases (``uint8 [224, 224, 3]``) and mesh vertices of every user image, in :func:`image_poses` order."""
     canv = [fs.canvases[i].canvas for fs in faces.values() for i in fs.ids]
     verts = [mesh_vertices(fs) for fs in faces.values()]
@@ -247,9 +249,9 @@ def headline(
 def entry_table(
     model_names: Sequence[str],
     split: Split,
-    faces: Mapping[str, study.FaceSet],
-    distractors: study.FaceSet,
-    protections: Mapping[str, Mapping[str, study.Protection]],
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    protections: Mapping[str, Mapping[str, Protection]],
     poses: pd.DataFrame,
     edges: Sequence[float],
     scenarios: Sequence[str] = ("1a", "2a"),

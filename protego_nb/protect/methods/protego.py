@@ -1,0 +1,20 @@
+"""Protego (Wang et al., CVPR 2026): the Privacy Protection Texture in UV space, trained by
+:func:`protego_nb.protect.train.train_ppt` with the log-det (hypersensitivity) + cosine + SSIM loss
+(:func:`protego_nb.protect.losses.protego_loss`).
+
+``protego``          the PPT in UV space, warped onto each photo by its UV map;
+``protego_2d``       the same loss with a flat 2D texture on the canvas (the "UV vs 2D" ablation);
+``protego_nologdet`` the UV texture without the log-det term (isolates the loss from the warp).
+"""
+
+from __future__ import annotations
+
+from .registry import Method, register
+
+PROTEGO = register(Method("protego", mode="uv", config={"use_logdet": True}, title="Protego (UV PPT, log-det)"))
+PROTEGO_2D = register(
+    Method("protego_2d", mode="flat", config={"use_logdet": True}, title="Protego loss, flat 2D mask")
+)
+PROTEGO_NOLOGDET = register(
+    Method("protego_nologdet", mode="uv", config={"use_logdet": False}, title="UV PPT without log-det")
+)

@@ -1,0 +1,158 @@
+"""Ablations of the Protego loss and its levers: one named change each over the base configuration, every
+number per user so that each ablation pairs with the base over the same users."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..data import Split
+from ..protect import train as tr
+from .faces import FaceSet
+from .protections import protect_users
+from .roles import load_surrogates
+from .scoring import evaluate, quality_table
+
+#: name -> (method, TrainConfig overrides, what it tests). ``surrogates`` in overrides is handled by
+#: :func:`run_ablation` (a prefix length of the surrogate list), everything else goes to the config.
+ABLATIONS: dict[str, tuple[str, dict, str]] = {
+    "base": ("protego", {}, "Protego as configured (UV, log-det + cosine + SSIM hinge)"),
+    "no_logdet": ("protego_nologdet", {}, "log-det term off (UV warp kept)"),
+    "logdet_w0.1": ("protego", {"term_weights": {"logdet": 0.1, "cosine": 1.0}}, "log-det weight 0.1"),
+    "logdet_w10": ("protego", {"term_weights": {"logdet": 10.0, "cosine": 1.0}}, "log-det weight 10"),
+    "logdet_plain": (
+        "protego",
+        {"logdet_form": "logdet"},
+        "plain -logdet(G+cI) instead of the authors' form",
+    ),
+    "per_term": ("protego", {"grad_balance": "per_term"}, "per-term gradient normalisation"),
+    "flat_2d": ("protego_2d", {}, "flat 2D mask instead of the UV texture"),
+    "momentum": ("protego", {"momentum": 0.9}, "MI-FGSM momentum 0.9"),
+    "input_diversity": ("protego", {"input_diversity": 0.5}, "input diversity p=0.5"),
+    "eps8": ("protego", {"eps": 8 / 255}, "epsilon 8/255"),
+    "ssim0.90": ("protego", {"min_ssim": 0.90}, "SSIM floor 0.90"),
+    "batch16": ("protego", {"batch_size": 16}, "batch size 16"),
+    "batch2": ("protego", {"batch_size": 2}, "batch size 2"),
+    "one_surrogate": ("protego", {"surrogates": 1}, "only the first surrogate"),
+    "plus_faceres": ("protego", {"extra_surrogates": ["faceres"]}, "faceres added to the surrogates"),
+    "epochs_x4": ("protego", {"epochs_x": 4}, "4x the epochs"),
+    "ti_smooth3": ("protego", {"grad_smooth": 3.0}, "TI-FGSM: texture gradient smoothed, sigma 3 px"),
+    "blur_view": ("protego", {"blur_view": 1.5}, "LowKey-style smoothed view, sigma 1.5 px"),
+    "texture64": ("protego", {"texture_size": 64}, "64x64 texture (low-frequency PPT)"),
+    "texture32": ("protego", {"texture_size": 32}, "32x32 texture (low-frequency PPT)"),
+    "transfer_mix": (
+        "protego",
+        {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
+        "64x64 texture + smoothed view + input diversity 0.5, 2x epochs",
+    ),
+    "transfer_max": (
+        "protego",
+        {"extra_surrogates": ["faceres"], "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 4},
+        "faceres added + smoothed view + input diversity 0.5, 4x epochs",
+    ),
+}
+
+
+def ablation_setup(
+    name: str, cfg: tr.TrainConfig, surrogate_names: Sequence[str]
+) -> tuple[str, tr.TrainConfig, list[str]]:
+    """``(method, config, surrogates)`` of the ablation ``name`` over the base ``cfg`` and surrogates.
+
+    Besides :class:`~protego_nb.protect.train.TrainConfig` fields an ablation may set ``surrogates`` (keep the
+    first k), ``extra_surrogates`` (names appended) and ``epochs_x`` (multiply the base epochs).
+    """
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose from {sorted(ABLATIONS)}")
+    method, over, _ = ABLATIONS[name]
+    over = dict(over)
+    k = over.pop("surrogates", len(surrogate_names))
+    extra = [m for m in over.pop("extra_surrogates", []) if m not in surrogate_names]
+    if "epochs_x" in over:
+        over["epochs"] = cfg.epochs * over.pop("epochs_x")
+    c = cfg.replace(**over)
+    c.validate()
+    return method, c, list(surrogate_names)[:k] + extra
+
+
+def ablation_rows(
+    names: Sequence[str],
+    split: Split,
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    surrogate_names: Sequence[str],
+    intruder: str,
+    cfg: tr.TrainConfig,
+    device: str = "cpu",
+):
+    """Per-user numbers of every ablation: one row per (ablation, user) with black-box recall
+    ``bb_1b/1a/2b/2a``, white-box (first surrogate) ``wb_1b/2a``, mean SSIM and training seconds.
+
+    Each user's gallery is their own entries and the distractors (the other users are left out), so a
+    user's numbers depend only on their own protection and the rows pair across ablations."""
+    import pandas as pd
+
+    rows = []
+    for name in names:
+        method, c, sur_names = ablation_setup(name, cfg, surrogate_names)
+        sur = load_surrogates(sur_names, intruder, device)
+        prots = protect_users(
+            [method], split, faces, sur, c, device=device, intruder=intruder, progress=False
+        )
+        white = list(surrogate_names)[0]
+        d = evaluate(
+            [intruder, white],
+            split,
+            faces,
+            distractors,
+            prots,
+            scenarios=["1b", "1a", "2b", "2a"],
+            metric=("native",),
+            device=device,
+            protect_others=False,
+            include_others=False,
+        )
+        d = d[d["native"]].set_index(["model", "scenario", "user"])["recall"] * 100
+        q = quality_table(faces, prots, c.eps).groupby("user")["ssim"].mean()
+        for u in faces:
+            row = {"ablation": name, "user": u, "method": method}
+            for s_ in ("1b", "1a", "2b", "2a"):
+                row[f"bb_{s_}"] = float(d.loc[(intruder, s_, u)])
+            row["wb_1b"] = float(d.loc[(white, "1b", u)])
+            row["wb_2a"] = float(d.loc[(white, "2a", u)])
+            row["ssim"] = float(q.loc[u])
+            row["train_s"] = float(prots[method][u].train_seconds)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+ABLATION_VALUES = ("bb_1b", "bb_1a", "bb_2b", "bb_2a", "wb_1b", "wb_2a", "ssim", "train_s")
+
+
+def ablation_per_user(rows) -> dict:
+    """:func:`ablation_rows` as the run JSON keeps it: ``{ablation: {"what", "method", column: {user: v}}}``."""
+    out = {}
+    for name, g in rows.groupby("ablation", sort=False):
+        out[name] = {"what": ABLATIONS[name][2], "method": str(g["method"].iloc[0])}
+        for c in ABLATION_VALUES:
+            out[name][c] = {str(u): float(v) for u, v in zip(g["user"], g[c])}
+    return out
+
+
+def run_ablation(
+    names: Sequence[str],
+    split: Split,
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    surrogate_names: Sequence[str],
+    intruder: str,
+    cfg: tr.TrainConfig,
+    device: str = "cpu",
+):
+    """One row per ablation: mean over users of :func:`ablation_rows` (recall in %, SSIM, train time)."""
+    rows = ablation_rows(names, split, faces, distractors, surrogate_names, intruder, cfg, device)
+    cols = ["bb_1b", "bb_1a", "bb_2b", "bb_2a", "wb_2a", "wb_1b", "ssim", "train_s"]
+    t = rows.groupby("ablation", sort=False)[cols].mean().rename(columns={"train_s": "train_s_per_user"})
+    t.insert(0, "method", rows.groupby("ablation", sort=False)["method"].first())
+    t.insert(0, "what", [ABLATIONS[n][2] for n in t.index])
+    return t
+
+
