@@ -196,7 +196,7 @@ def bench_flicker(tex: torch.Tensor, files: list[Path], tmp: Path, frames: int =
 
 def owner_thresholds(models: list[str], per_fold: int = 40) -> dict:
     """Cosine scores of LFW pairs (``pairs.txt``, ``per_fold`` per fold, seed 0) on this package's canvases:
-    the numbers behind ``media.OWNER_THRESHOLDS``."""
+    the numbers behind ``protego_nb.protect.owner.OWNER_THRESHOLDS``."""
     from sklearn.metrics import roc_curve
 
     from protego_nb import data

@@ -246,12 +246,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from .faces import detect, uv
     from .models import zoo
-    from .protect import media
+    from .protect import inputs
+    from .protect import owner as owner_match
 
-    photos, ignored = media.expand_inputs([src])
-    photos = [p for p in photos if media.media_kind(p) == "photo"]
+    photos, ignored = inputs.expand_inputs([src])
+    photos = [p for p in photos if inputs.media_kind(p) == "photo"]
     if not photos:
-        raise UsageError(f"{src}: no photos found (looked for {', '.join(sorted(media.PHOTO_FORMATS))}; "
+        raise UsageError(f"{src}: no photos found (looked for {', '.join(sorted(inputs.PHOTO_FORMATS))}; "
                          f"sub-folders are not searched)")
     surrogates = list(args.surrogates or zoo.SURROGATES_DEFAULT)
     unknown = [s for s in surrogates if s not in zoo.MODELS]
@@ -327,9 +328,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         owner = zoo.load(args.owner_model, device)
     except (zoo.ModelUnavailable, KeyError) as exc:
         raise UsageError(str(exc)) from exc
-    emb = media.face_embeddings(owner, x.to(device), lm.to(device))
-    thr = media.OWNER_THRESHOLDS.get(args.owner_model, 0.4)
-    odd = media.unlike_the_rest(emb, thr)
+    emb = owner_match.face_embeddings(owner, x.to(device), lm.to(device))
+    thr = owner_match.OWNER_THRESHOLDS.get(args.owner_model, 0.4)
+    odd = owner_match.unlike_the_rest(emb, thr)
     if odd.any():
         names = ", ".join(Path(used[i].path).name for i in np.flatnonzero(odd)[:8]) + (" ..." if odd.sum() > 8 else "")
         if 2 * odd.sum() >= len(odd):
@@ -341,7 +342,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"({args.owner_model} similarity below {thr:.2f}): {names}; they are left out of the owner "
                   f"reference (check that they show you)", file=sys.stderr)
     keep = ~odd if 0 < odd.sum() and 2 * odd.sum() < len(odd) else np.ones(len(odd), bool)
-    ref = media.reference_embedding(emb[keep])
+    ref = owner_match.reference_embedding(emb[keep])
     try:
         result = train_ppt(x, lm, warps, models, cfg, device=device, checkpoint=args.checkpoint,
                            progress=progress, intruder=zoo.INTRUDER_DEFAULT)
@@ -375,7 +376,7 @@ def _targets(files: list, outdir: Path) -> list[Path]:
     folder searched with ``--recursive``); inputs whose names clash (case-insensitively) keep as many of their
     parent folders as it takes to tell them apart (``a/good.jpg``, ``b/good.jpg`` -> ``OUT/a/good.jpg``,
     ``OUT/b/good.jpg``). Plain paths are taken as files named directly."""
-    from .protect.media import InputFile
+    from .protect.inputs import InputFile
 
     items = [f if isinstance(f, InputFile) else InputFile(Path(f), Path(Path(f).name), Path(f).parent)
              for f in files]
@@ -454,14 +455,14 @@ def _protect_all(args: argparse.Namespace, got, outdir: Path, prot) -> list:
     """Protect every input of ``got`` into ``outdir``; one result per input, whatever happens to it."""
     from tqdm.auto import tqdm
 
-    from .protect import media
+    from .protect import inputs, media
 
     results = []
     for item, dst in tqdm(list(zip(got.files, _targets(got.files, outdir))), desc="protect", unit="file",
                           disable=args.no_progress):
         src = item.path
-        kind = media.media_kind(src)
-        if media._same_file(src, dst):
+        kind = inputs.media_kind(src)
+        if inputs.same_file(src, dst):
             results.append(media.ProtectResult(str(src), kind, "failed", reason="same_path",
                                                message=f"{src}: the output would replace the input; choose "
                                                        f"another output folder (-o)"))
@@ -504,10 +505,10 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         _check_output_file(Path(args.report), "--report", "report.json")
     device = _check_device(args.device)
 
-    from .protect import media
+    from .protect import inputs, media
     from .protect.texture import PPTFileError
 
-    got = media.collect_inputs(args.inputs, recursive=args.recursive, exclude=outdir)
+    got = inputs.collect_inputs(args.inputs, recursive=args.recursive, exclude=outdir)
     if not got.files:
         raise UsageError(f"nothing to protect: {_nothing_found(got, args.inputs)}")
 

@@ -1,4 +1,5 @@
-"""Full-resolution protection of photos and videos (protego_nb.protect.media)."""
+"""Full-resolution protection of photos and videos (protego_nb.protect.media and the modules it uses: owner
+matching, paste-back, input collection, tracking)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from protego_nb import paths
 from protego_nb.faces import images
-from protego_nb.protect import media, texture
+from protego_nb.protect import inputs, media, owner, paste, texture, tracking
 
 EPS = 16 / 255
 OWNER = "Aaron_Peirsol"
@@ -50,7 +51,7 @@ def ppt_meta(tmp_path_factory) -> tuple[torch.Tensor, dict]:
     rep = detect.build_canvases(sorted(d.glob("*.png")), cache=False, progress=False)
     assert len(rep.canvases) == 3
     x, lm = detect.canvases_to_tensor(rep.canvases)
-    ref = media.owner_embedding(zoo.load("mobilefacenet"), x, lm)
+    ref = owner.owner_embedding(zoo.load("mobilefacenet"), x, lm)
     tex = texture.init_texture(EPS, torch.Generator().manual_seed(3))
     path = texture.save_ppt(d / "me.ppt", tex, {"epsilon": EPS, "owner_model": "mobilefacenet",
                                                  "owner_embedding": ref.round(6).tolist()})
@@ -70,7 +71,7 @@ def test_paste_rounds_bounds_and_leaves_the_rest():
     delta[5:15, 5:15, 1] = -0.6 / 255  # rounds to -1
     delta[5:15, 5:15, 2] = 1.0  # far above the bound: clipped to +eps
     M = np.array([[1.0, 0, -30], [0, 1.0, -20]])  # image (30 + u, 20 + v) -> canvas (u, v)
-    out = media.paste_perturbation(img, [delta], [M], eps=EPS)
+    out = paste.paste_perturbation(img, [delta], [M], eps=EPS)
     diff = out.astype(int) - img
     assert diff[27, 37].tolist() == [1, -1, 16]
     assert np.abs(diff).max() <= 16
@@ -82,7 +83,7 @@ def test_paste_rounds_bounds_and_leaves_the_rest():
 
 def test_one_euro_filter_smooths_jitter_and_follows_steps():
     rng = np.random.default_rng(0)
-    f = media.OneEuroFilter(min_cutoff=1.0, beta=0.02)
+    f = tracking.OneEuroFilter(min_cutoff=1.0, beta=0.02)
     still = [f(np.array([100.0, 50.0]) + rng.normal(0, 1.0, 2), 1 / 30) for _ in range(200)]
     assert np.std(np.array(still)[50:], axis=0).max() < 0.5  # raw jitter std is 1.0
     for _ in range(60):
@@ -169,7 +170,7 @@ def test_owner_selection_changes_only_the_owner(prot, tmp_path, kind):
     by_side = sorted(r.faces, key=lambda f: f.box[0])
     assert [f.status for f in by_side] == ["protected", "skipped"]
     assert by_side[1].reason == "not_owner"
-    assert by_side[0].similarity > media.OWNER_THRESHOLDS["mobilefacenet"] > by_side[1].similarity
+    assert by_side[0].similarity > owner.OWNER_THRESHOLDS["mobilefacenet"] > by_side[1].similarity
     out = images.load_rgb(tmp_path / "two_out.png")
     assert (out[:, 280:] == img[:, 280:]).all()  # the other person's half is untouched
     assert (out[:, :280] != img[:, :280]).any()
@@ -207,7 +208,7 @@ def test_bad_inputs_are_reported_never_written(prot, tmp_path):
 def test_expand_inputs(tmp_path):
     for n in ("b.jpg", "a.PNG", "c.mp4", "notes.txt", ".hidden.jpg"):
         (tmp_path / n).write_bytes(b"x")
-    files, ignored = media.expand_inputs([tmp_path, tmp_path / "notes.txt"])
+    files, ignored = inputs.expand_inputs([tmp_path, tmp_path / "notes.txt"])
     assert [f.name for f in files] == ["a.PNG", "b.jpg", "c.mp4", "notes.txt"]
     assert [f.name for f in ignored] == ["notes.txt"]
 
@@ -350,7 +351,7 @@ def test_owner_twice_in_a_collage_both_protected(prot, tmp_path):
     img[25:275, 295:545] = lfw_img(OWNER, 3)
     res = prot.protect_array(img)
     sims = [f.similarity for f in res.faces]
-    assert len(res.faces) == 2 and min(sims) >= media.OWNER_THRESHOLDS["mobilefacenet"], sims
+    assert len(res.faces) == 2 and min(sims) >= owner.OWNER_THRESHOLDS["mobilefacenet"], sims
     assert res.n_protected == 2
     assert (res.image[:, 280:] != img[:, 280:]).any() and (res.image[:, :280] != img[:, :280]).any()
     Image.fromarray(img).save(tmp_path / "c.png")
@@ -408,16 +409,16 @@ def test_collect_inputs_recursive_links_and_empty_folders(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.jpg").write_bytes(b"x")  # the output folder is never searched
     os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
-    flat = media.collect_inputs([tmp_path], exclude=tmp_path / "out")
+    flat = inputs.collect_inputs([tmp_path], exclude=tmp_path / "out")
     assert [str(f.rel) for f in flat.files] == ["loop.jpg", "top.jpg"] and flat.broken_links
-    deep = media.collect_inputs([tmp_path], recursive=True, exclude=tmp_path / "out")
+    deep = inputs.collect_inputs([tmp_path], recursive=True, exclude=tmp_path / "out")
     assert sorted(str(f.rel) for f in deep.files) == ["loop.jpg", "sub/deeper/d.mp4", "sub/s.png", "top.jpg"]
     only_sub = tmp_path / "only_sub"
     (only_sub / "inner").mkdir(parents=True)
     (only_sub / "inner" / "x.jpg").write_bytes(b"x")
-    got = media.collect_inputs([only_sub])
+    got = inputs.collect_inputs([only_sub])
     assert not got.files and got.empty_folders == {str(only_sub): 1}
-    twice = media.collect_inputs([tmp_path / "top.jpg", tmp_path / "top.jpg"])
+    twice = inputs.collect_inputs([tmp_path / "top.jpg", tmp_path / "top.jpg"])
     assert len(twice.files) == 1
 
 
