@@ -455,7 +455,8 @@ def _protect_all(args: argparse.Namespace, got, outdir: Path, prot) -> list:
     """Protect every input of ``got`` into ``outdir``; one result per input, whatever happens to it."""
     from tqdm.auto import tqdm
 
-    from .protect import inputs, media
+    from .protect import inputs
+    from .protect.results import ProtectResult
 
     results = []
     for item, dst in tqdm(list(zip(got.files, _targets(got.files, outdir))), desc="protect", unit="file",
@@ -463,16 +464,16 @@ def _protect_all(args: argparse.Namespace, got, outdir: Path, prot) -> list:
         src = item.path
         kind = inputs.media_kind(src)
         if inputs.same_file(src, dst):
-            results.append(media.ProtectResult(str(src), kind, "failed", reason="same_path",
+            results.append(ProtectResult(str(src), kind, "failed", reason="same_path",
                                                message=f"{src}: the output would replace the input; choose "
                                                        f"another output folder (-o)"))
             continue
         if dst.is_dir() and not dst.is_symlink():
-            results.append(media.ProtectResult(str(src), kind, "failed", reason="output_exists",
+            results.append(ProtectResult(str(src), kind, "failed", reason="output_exists",
                                                message=f"{dst}: a folder of that name is in the way"))
             continue
         if (dst.exists() or dst.is_symlink()) and not args.overwrite:
-            results.append(media.ProtectResult(str(src), kind, "failed", reason="output_exists",
+            results.append(ProtectResult(str(src), kind, "failed", reason="output_exists",
                                                message=f"{dst}: exists (use --overwrite to replace it)"))
             continue
         try:
@@ -481,7 +482,7 @@ def _protect_all(args: argparse.Namespace, got, outdir: Path, prot) -> list:
             else:
                 r = prot.protect_photo(src, dst)
         except Exception as exc:  # one input must never end the batch
-            r = media.ProtectResult(str(src), kind, "failed", reason="internal_error",
+            r = ProtectResult(str(src), kind, "failed", reason="internal_error",
                                     message=f"{src}: {type(exc).__name__}: {_one_line(str(exc), 200)}")
         results.append(r)
     return results

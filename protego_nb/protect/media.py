@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,64 +58,11 @@ from ..faces.detect import MIN_BOX_SIZE, MIN_EYE_DISTANCE, Detection, FaceDetect
 from .inputs import media_kind
 from .owner import DEFAULT_OWNER_MODEL, OWNER_THRESHOLDS, owner_similarities, parse_owner_embedding
 from .paste import paste_perturbation
+from .photo_file import protect_photo
+from .results import FaceOutcome, FrameResult, ProtectResult
+from .video_file import protect_video
 
-__all__ = ["FaceOutcome", "FrameResult", "ProtectResult", "Protector"]
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class FaceOutcome:
-    """One detected face: its box (image pixels), probability, ``status`` ``protected``/``skipped`` and why."""
-
-    box: list[float]
-    prob: float
-    status: str
-    reason: str = ""
-    similarity: float | None = None
-
-
-@dataclass
-class FrameResult:
-    """:meth:`Protector.protect_array`'s answer: the protected image, the faces and stage timings (seconds)."""
-
-    image: np.ndarray
-    faces: list[FaceOutcome]
-    timings: dict[str, float]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_protected(self) -> int:
-        return sum(f.status == "protected" for f in self.faces)
-
-
-@dataclass
-class ProtectResult:
-    """What happened to one input file.
-
-    ``status``: ``protected`` (output written), ``skipped`` (nothing to protect; no output, ``reason`` says
-    why) or ``failed`` (``reason`` and ``message`` name the problem). ``warnings``: sentences for the user
-    (several faces and which were protected, a truncated video, ...). Videos also count frames.
-    """
-
-    input: str
-    kind: str
-    status: str
-    output: str | None = None
-    reason: str = ""
-    message: str = ""
-    faces: list[FaceOutcome] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    frames: int = 0
-    frames_protected: int = 0
-    frames_without_face: int = 0
-    audio: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["Protector"]
 
 
 # ----------------------------------------------------------------------------- the protector
@@ -334,16 +280,12 @@ class Protector:
         """Protect one photo file into ``dst`` (same format); never raises for a bad input (see ``status``).
 
         See :func:`protego_nb.protect.photo_file.protect_photo`."""
-        from .photo_file import protect_photo
-
         return protect_photo(self, src, dst)
 
     def protect_video(self, src: str | os.PathLike, dst: str | os.PathLike, progress: bool = False) -> ProtectResult:
         """Protect every frame of a video into ``dst`` (container by extension), timestamps and audio kept.
 
         See :func:`protego_nb.protect.video_file.protect_video`."""
-        from .video_file import protect_video
-
         return protect_video(self, src, dst, progress)
 
     def protect_path(self, src: str | os.PathLike, dst: str | os.PathLike) -> ProtectResult:

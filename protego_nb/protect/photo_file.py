@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..faces.images import ImageError
 from . import photo as _photo
 from .inputs import same_file
-from .media import ProtectResult
+from .results import ProtectResult
 
 if TYPE_CHECKING:
     from .media import Protector

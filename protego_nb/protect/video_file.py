@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from . import photo as _photo
 from . import video as _video
 from .inputs import same_file
-from .media import ProtectResult
+from .results import ProtectResult
 from .tracking import VideoTracker
 
 if TYPE_CHECKING:
