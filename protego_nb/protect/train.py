@@ -165,8 +165,8 @@ class TrainConfig:
         for name in _LATER_OPTIONS:
             if d[name] == _FIELD_DEFAULTS[name]:
                 del d[name]
-        # consistent_clean changes training only with a random/smoothed view, and False is the behaviour of the
-        # runs before it existed: it enters the key only where it acts and is on
+        # consistent_clean changes training only with a random/smoothed view: it enters the key only where it
+        # acts and is on, so configs where it makes no difference share their keys
         if not (self.uses_consistent_clean):
             del d["consistent_clean"]
         return d
