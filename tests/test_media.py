@@ -424,7 +424,7 @@ def test_collect_inputs_recursive_links_and_empty_folders(tmp_path):
 
 def test_ssim_floor_scales_each_face_until_its_canvas_meets_it(prot):
     from protego_nb.faces import mesh
-    from protego_nb.protect.methods.common import per_image_ssim
+    from protego_nb.protect.ssim import per_image_ssim
 
     img = frame(lfw_img(OWNER, 4))
     strict = media.Protector(prot.texture, prot.meta, detector=prot.detector, ssim_floor=0.99)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from protego_nb.protect import ssim_floor as F
-from protego_nb.protect.methods.common import per_image_ssim
+from protego_nb.protect.ssim import per_image_ssim
 
 torch.set_num_threads(1)
 

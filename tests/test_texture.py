@@ -67,6 +67,30 @@ def test_uv_warp_from_duck_typed_uvmap_and_select():
         X.UVWarp(torch.ones(3, 6, 6), Map.vis)
 
 
+def test_uv_warp_and_warp_texture_share_one_warp_bit_for_bit():
+    """UVWarp (training) and faces.uv.warp_texture (plots, notebook 01) are the one sample_texture: the authors'
+    clamp(grid_sample(T, uv, bilinear, align_corners=True), -eps, eps) * vis, and without the bound the plain
+    warp; values and gradients match the grid_sample formula exactly."""
+    from protego_nb.faces import uv as U
+
+    g = torch.Generator().manual_seed(3)
+    grid = torch.rand(4, 40, 40, 2, generator=g) * 2.4 - 1.2  # some coordinates outside [-1, 1]
+    vis = (torch.rand(4, 1, 40, 40, generator=g) > 0.3).float()
+    tex = ((torch.rand(1, 3, 24, 24, generator=g) - 0.5) * 0.3).requires_grad_(True)
+    fn = torch.nn.functional
+    ref = fn.grid_sample(tex.expand(4, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = X.UVWarp(grid, vis).perturbation(tex, 0.1)
+    assert torch.equal(out, torch.clamp(ref, -0.1, 0.1) * vis)
+    (g_ref,) = torch.autograd.grad((torch.clamp(ref, -0.1, 0.1) * vis).pow(2).sum(), tex)
+    (g_out,) = torch.autograd.grad(out.pow(2).sum(), tex)
+    assert torch.equal(g_out, g_ref)
+    m = U.UVMap(uv=grid, vis=vis, face_index=torch.zeros(4, 40, 40, dtype=torch.long), depth=torch.zeros(4, 1, 40, 40))
+    assert torch.equal(U.warp_texture(tex, m), ref * vis)
+    assert torch.equal(U.sample_texture(tex, grid, vis, bound=0.1), out)
+    assert torch.equal(U.warp_texture(tex, m, align_corners=False, mode="nearest"),
+                       fn.grid_sample(tex.expand(4, -1, -1, -1), grid, mode="nearest", align_corners=False) * vis)
+
+
 def test_flat_warp_adds_the_texture_in_canvas_space():
     tex = torch.linspace(-0.2, 0.2, 3 * 10 * 10).view(1, 3, 10, 10)
     canv = torch.rand(2, 3, 10, 10)

@@ -7,7 +7,7 @@ from fakes import TinyFR
 from protego_nb import study
 from protego_nb.protect import texture as X
 from protego_nb.protect import train as T
-from protego_nb.protect.methods import common
+from protego_nb.protect.ssim import per_image_ssim
 from protego_nb.study import transfer as transfer_study
 
 torch.set_num_threads(1)
@@ -63,7 +63,7 @@ def test_protego_per_image_is_bounded_meets_the_floor_and_scatters():
     kw = dict(generator=torch.Generator().manual_seed(0), lr=0.01, batch_size=4)
     prot = transfer_study.protego_per_image(fs, MODELS, EPS, 0.95, steps=15, **kw)
     assert (prot - fs.x).abs().max() <= EPS + 1e-6 and prot.min() >= 0 and prot.max() <= 1
-    assert (common.per_image_ssim(prot, fs.x) >= 0.95).all()
+    assert (per_image_ssim(prot, fs.x) >= 0.95).all()
     with torch.no_grad():
         m = MODELS["a"]
         zc, zp = m(fs.x, fs.lm), m(prot, fs.lm)
@@ -77,7 +77,7 @@ def test_protego_per_image_is_bounded_meets_the_floor_and_scatters():
     ld_without = float(gram_logdet(m(no_ld[:4], fs.lm[:4]).detach()))
     assert ld_with > ld_without
     zero = transfer_study.protego_per_image(fs, MODELS, EPS, 0.95, steps=0, **kw)
-    assert (common.per_image_ssim(zero, fs.x) >= 0.95).all()
+    assert (per_image_ssim(zero, fs.x) >= 0.95).all()
 
 
 def test_paired_summary_and_cells():
@@ -98,10 +98,10 @@ def test_study_with_ssim_floor_makes_every_canvas_meet_it():
     noisy = torch.clamp(fs.x + (torch.rand(fs.x.shape, generator=g) * 2 - 1) * EPS, 0, 1)
     prots = {"m": {"U": study.Protection("U", "m", None, noisy, list(fs.ids), None, 1.0)},
              "same": {"U": study.Protection("U", "same", None, fs.x.clone(), list(fs.ids), None, 1.0)}}
-    before = common.per_image_ssim(noisy, fs.x)
+    before = per_image_ssim(noisy, fs.x)
     floor = float(before.median())
     out, factors = study.with_ssim_floor(prots, {"U": fs}, floor)
-    after = common.per_image_ssim(out["m"]["U"].protected, fs.x)
+    after = per_image_ssim(out["m"]["U"].protected, fs.x)
     assert (after >= floor).all() and ((factors["m"]["U"] < 1) == (before < floor)).all()
     assert torch.equal(out["same"]["U"].protected, fs.x) and (factors["same"]["U"] == 1).all()
     assert out["m"]["U"].seconds == 1.0 and prots["m"]["U"].protected is noisy  # the input is left alone
@@ -116,7 +116,7 @@ def test_refining_a_ppt_starts_from_it_and_keeps_the_budget():
     same, _ = transfer_study.refine_ppt(ppt, fs, MODELS, cfg, k=0, lr=0.01)
     assert torch.equal(same, start)  # k = 0: the PPT's canvases (they meet the floor)
     ref, sec = transfer_study.refine_ppt(ppt, fs, MODELS, cfg, k=6, lr=0.01)
-    assert sec > 0 and (ref - fs.x).abs().max() <= EPS + 1e-6 and (common.per_image_ssim(ref, fs.x) >= 0.95).all()
+    assert sec > 0 and (ref - fs.x).abs().max() <= EPS + 1e-6 and (per_image_ssim(ref, fs.x) >= 0.95).all()
     m = MODELS["a"]
     with torch.no_grad():
         cos = [torch.nn.functional.cosine_similarity(m(v, fs.lm), m(fs.x, fs.lm), dim=1).mean() for v in (start, ref)]

@@ -1,8 +1,9 @@
 """Visual quality of protected images: SSIM, PSNR and the authors' perturbation norms, per image.
 
-* **SSIM** - ``kornia.metrics.ssim`` with an 11-tap Gaussian window (sigma 1.5), ``K1 = 0.01``,
-  ``K2 = 0.03`` (Wang et al., IEEE TIP 2004), ``padding="valid"`` and ``eps = 0``: the settings of
-  ``pytorch_msssim.ssim`` that the authors used, averaged over channels and pixels. An optional mask
+* **SSIM** - the project's one SSIM (:func:`protego_nb.protect.ssim.ssim_map`: ``kornia.metrics.ssim`` with an
+  11-tap Gaussian window (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03`` (Wang et al., IEEE TIP 2004),
+  ``padding="valid"`` and ``eps = 0``: the settings of ``pytorch_msssim.ssim`` that the authors used), averaged
+  over channels and pixels. An optional mask
   restricts the average to, e.g., the face region (the authors' SSIM over the whole crop lets the
   untouched background inflate it, ``reference/protego_method.md`` section 7.4).
 * **PSNR** - ``kornia.metrics.psnr`` applied per image (``torch.vmap``), ``10 log10(R^2 / MSE)`` over all
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-WINDOW = 11  # Gaussian window taps; kornia fixes sigma = 1.5
+from ..protect.ssim import WINDOW, ssim_map
 
 
 def to_tensor(x: torch.Tensor | np.ndarray, name: str = "image") -> torch.Tensor:
@@ -76,9 +77,7 @@ def ssim(
     """
     a, b = _pair(clean, protected)
     H, W = a.shape[-2:]
-    if min(H, W) < window_size:
-        raise ValueError(f"images of {H}x{W} pixels are smaller than the SSIM window ({window_size})")
-    smap = kornia.metrics.ssim(a, b, window_size, max_val=float(data_range), eps=0.0, padding="valid")
+    smap = ssim_map(a, b, window_size, data_range)
     if mask is None:
         return smap.mean(dim=(1, 2, 3))
     m0 = mask.detach() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))

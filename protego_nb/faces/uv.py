@@ -4,7 +4,8 @@ This is the stand-in for the authors' FLAME + PyTorch3D ``rasterize_meshes`` ste
 (``reference/protego_method.md`` section 1): for every canvas pixel it finds the front-most
 triangle of the 468-point mesh (:mod:`protego_nb.faces.mesh`), interpolates the canonical
 UVs of its corners, and returns a ``grid_sample`` grid plus a binary visibility mask. A
-Privacy Protection Texture is then warped onto any face with :func:`warp_texture`.
+Privacy Protection Texture is then warped onto any face with :func:`sample_texture` (the one warp;
+:func:`warp_texture` takes a :class:`UVMap`).
 
 Conventions
 -----------
@@ -224,28 +225,47 @@ def rasterize_uv(
     return result()
 
 
+def sample_texture(
+    texture: torch.Tensor,
+    uv: torch.Tensor,
+    vis: torch.Tensor,
+    bound: float | None = None,
+    align_corners: bool = ALIGN_CORNERS,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """The texture warp: ``grid_sample(texture, uv)``, clamped to ``[-bound, bound]`` when ``bound`` is given,
+    times ``vis`` -> ``[B, C, H, W]``. The one implementation (training's :class:`protego_nb.protect.texture.UVWarp`
+    and :func:`warp_texture` call it).
+
+    ``texture`` ``[1, C, T, T]`` (one texture for the whole batch, e.g. a user's PPT) or ``[B, C, T, T]``;
+    ``uv`` ``[B, H, W, 2]`` grid_sample coordinates (outside ``[-1, 1]`` reads zero), ``vis`` ``[B, 1, H, W]``.
+    Differentiable w.r.t. the texture; ``align_corners=True`` as the authors (``u = 0`` and ``u = 1`` are the
+    centres of the first and last texel columns). With ``bound`` this is the authors' order:
+    ``clamp(grid_sample(T, uv), -eps, eps) * vis``.
+    """
+    if texture.dim() != 4:
+        raise ValueError(f"texture must be [1 or B, C, T, T], got {tuple(texture.shape)}")
+    B = uv.shape[0]
+    if texture.shape[0] == 1 and B != 1:
+        texture = texture.expand(B, -1, -1, -1)
+    elif texture.shape[0] != B:
+        raise ValueError(f"texture batch {texture.shape[0]} must be 1 or match the UV maps' batch {B}")
+    grid = uv.to(device=texture.device, dtype=texture.dtype)
+    out = F.grid_sample(texture, grid, mode=mode, padding_mode="zeros", align_corners=align_corners)
+    if bound is not None:
+        out = torch.clamp(out, -bound, bound)
+    return out * vis.to(device=texture.device, dtype=texture.dtype)
+
+
 def warp_texture(
     texture: torch.Tensor,
     uvmap: UVMap,
     align_corners: bool = ALIGN_CORNERS,
     mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Warp a UV-space texture onto the canvases: ``grid_sample(texture, uv) * vis`` -> ``[B, C, H, W]``.
-
-    ``texture`` ``[1, C, T, T]`` (one texture for the whole batch, e.g. a user's PPT) or
-    ``[B, C, T, T]``. Differentiable w.r.t. the texture; ``align_corners=True`` as the authors
-    (``u = 0`` and ``u = 1`` are the centres of the first and last texel columns).
-    """
-    if texture.dim() != 4:
-        raise ValueError(f"texture must be [1 or B, C, T, T], got {tuple(texture.shape)}")
-    B = len(uvmap)
-    if texture.shape[0] == 1 and B != 1:
-        texture = texture.expand(B, -1, -1, -1)
-    elif texture.shape[0] != B:
-        raise ValueError(f"texture batch {texture.shape[0]} must be 1 or match the UV maps' batch {B}")
-    grid = uvmap.uv.to(device=texture.device, dtype=texture.dtype)
-    out = F.grid_sample(texture, grid, mode=mode, padding_mode="zeros", align_corners=align_corners)
-    return out * uvmap.vis.to(device=texture.device, dtype=texture.dtype)
+    """Warp a UV-space texture onto the canvases of ``uvmap``: :func:`sample_texture` without a bound,
+    ``grid_sample(texture, uv) * vis`` -> ``[B, C, H, W]`` (``texture`` ``[1 or B, C, T, T]``)."""
+    return sample_texture(texture, uvmap.uv, uvmap.vis, align_corners=align_corners, mode=mode)
 
 
 def texel_coverage(uvmap: UVMap, texture_size: int, align_corners: bool = ALIGN_CORNERS) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Embedding extraction and a disk cache of *clean* embeddings.
+"""Embeddings: the one path from canvases to embeddings (:func:`extract`, :func:`embed_all`) and a disk cache
+of *clean* embeddings (:func:`clean_features`).
 
 Clean embeddings are deterministic functions of (model weights, canvas, landmarks), and the
 retrieval study needs them for every distractor image, for every model, again and again. They are
@@ -133,6 +134,21 @@ def extract(
     if not out:
         return torch.zeros(0, 0)
     return torch.cat(out)
+
+
+def embed_all(
+    models: Mapping[str, torch.nn.Module],
+    canvases: torch.Tensor,
+    landmarks: torch.Tensor,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """:func:`extract` for several models: ``{name: [N, D]}`` float32 on ``device``, without gradients (the clean
+    references a training or attack step compares against)."""
+    return {
+        name: extract(model, canvases, landmarks, batch_size, device, progress=False).to(device)
+        for name, model in models.items()
+    }
 
 
 # ============================================================================ cache

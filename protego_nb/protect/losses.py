@@ -18,8 +18,9 @@ photo away from its own clean embedding; ``w`` follows Chameleon's halve/double/
 Differences from the authors' code, all numerical: ``det`` is never formed (a Cholesky factor in float64
 gives ``log det``, and the authors' ``-log(det + c)`` is evaluated as ``-logaddexp(log det, log c)``), so
 the value is finite for any batch (identical rows, ``N = 1``, ``N > D``), and the plain form
-``-logdet(G + cI)`` is offered as a named option. SSIM is kornia's (Gaussian window 11, sigma 1.5, data
-range 1, valid convolution, no denominator epsilon), which is the quantity ``pytorch_msssim.ssim`` computes.
+``-logdet(G + cI)`` is offered as a named option. SSIM is the project's one SSIM (:mod:`.ssim`: kornia's,
+Gaussian window 11, sigma 1.5, data range 1, valid convolution, no denominator epsilon), which is the quantity
+``pytorch_msssim.ssim`` computes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from .ssim import batch_ssim
 
 __all__ = [
     "GRAM_C",
@@ -101,18 +104,13 @@ def cosine_term(prot: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of two image batches ``[B, C, H, W]`` in ``[0, 1]`` (pytorch_msssim's defaults).
+    """Mean SSIM of two image batches ``[B, C, H, W]`` in ``[0, 1]`` (pytorch_msssim's defaults), a scalar.
 
-    kornia's SSIM map with an 11-tap Gaussian window (sigma 1.5), data range 1, ``valid`` convolution and
-    no denominator epsilon, averaged over pixels, channels and images (``size_average=True``).
+    :func:`protego_nb.protect.ssim.batch_ssim`: the SSIM map (11-tap Gaussian window, sigma 1.5, data range 1,
+    ``valid`` convolution, no denominator epsilon) averaged over pixels, channels and images
+    (``size_average=True``).
     """
-    import kornia.metrics
-
-    if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"SSIM needs two [B, C, H, W] batches of one shape; got {tuple(x.shape)}, {tuple(y.shape)}")
-    if min(x.shape[-2:]) < 11:
-        raise ValueError(f"SSIM with an 11x11 window needs images of at least 11x11, got {tuple(x.shape[-2:])}")
-    return kornia.metrics.ssim(x, y.to(x.dtype), window_size=11, max_val=1.0, eps=0.0, padding="valid").mean()
+    return batch_ssim(x, y)
 
 
 def ssim_hinge(x_prot: torch.Tensor, x_clean: torch.Tensor, floor: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:

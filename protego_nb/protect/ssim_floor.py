@@ -1,11 +1,11 @@
-"""The SSIM floor as a guarantee for every image, not an average (issue 13, section 3).
+"""The SSIM floor as a guarantee for every image, not an average.
 
 Training keeps the *batch-mean* SSIM near the floor (the hinge acts on the mean), so single protected canvases
 fall below it (the study measured a mean of 0.937 against the 0.95 floor). :func:`enforce_ssim_floor` scales
 each image's perturbation ``delta = x' - x`` by the largest factor ``a`` in ``[0, 1]`` (bisection, to within
 ``tol``) for which ``SSIM(clip(x + a delta, 0, 1), x) >= floor``; an image already at or above the floor is
-returned unchanged (``a = 1``, bit for bit). SSIM is the study's one SSIM
-(:func:`protego_nb.protect.baselines.per_image_ssim`: kornia, Gaussian window 11, sigma 1.5, over the whole
+returned unchanged (``a = 1``, bit for bit). SSIM is the project's one SSIM
+(:func:`protego_nb.protect.ssim.per_image_ssim`: kornia, Gaussian window 11, sigma 1.5, over the whole
 canvas). The search assumes SSIM falls as the perturbation grows along its own direction (it does for the
 perturbations here; ``a = 0`` always meets the floor), and returns a factor that meets the floor in any case.
 
@@ -19,16 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .ssim import per_image_ssim
+
 __all__ = ["DEFAULT_TOL", "enforce_ssim_floor", "floor_factors", "floor_perturbations"]
 
 #: Bisection tolerance on the scale factor.
 DEFAULT_TOL = 1e-3
-
-
-def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from .methods.common import per_image_ssim
-
-    return per_image_ssim(x, y)
 
 
 @torch.no_grad()
@@ -46,7 +42,7 @@ def floor_factors(clean: torch.Tensor, delta: torch.Tensor, floor: float, tol: f
 
     def ok(a: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
         x = torch.clamp(clean[sel] + a.view(-1, 1, 1, 1) * delta[sel], 0.0, 1.0)
-        return _ssim(x, clean[sel]) >= floor
+        return per_image_ssim(x, clean[sel]) >= floor
 
     b = clean.shape[0]
     factor = torch.ones(b)

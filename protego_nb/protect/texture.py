@@ -8,10 +8,11 @@ A PPT is one float32 tensor ``[1, 3, T, T]`` with values in ``[-eps, eps]`` (``T
 * ``warp.select(index) -> warp`` - the warp of a subset of the canvases, and
 * ``warp.to(device) -> warp``.
 
-Two warps ship here, so that training needs no 3D code at import time:
+Two warps ship here; neither needs the mesh or the rasteriser:
 
 * :class:`UVWarp` - the authors' 3D mode: ``clamp(grid_sample(T, uv, bilinear, align_corners=True), -eps, eps)
-  * vis`` in exactly their order (``protego_train.py``). Built from any object with ``.uv`` ``[B, H, W, 2]``
+  * vis`` in exactly their order (``protego_train.py``), computed by the one texture warp
+  :func:`protego_nb.faces.uv.sample_texture`. Built from any object with ``.uv`` ``[B, H, W, 2]``
   and ``.vis`` ``[B, 1, H, W]`` (e.g. :class:`protego_nb.faces.uv.UVMap`) by :meth:`UVWarp.from_uvmap`.
 * :class:`FlatWarp` - the 2D ablation / Chameleon-style mode: the texture added directly in canvas space
   (bilinearly resized if its size differs from the canvas), clamped to ``+-eps``, optionally times a mask.
@@ -32,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from ..faces.uv import sample_texture
 
 __all__ = [
     "DEFAULT_EPS",
@@ -105,11 +108,7 @@ class UVWarp:
 
     def perturbation(self, texture: torch.Tensor, eps: float) -> torch.Tensor:
         _check_texture(texture)
-        grid = self.uv.to(device=texture.device, dtype=texture.dtype)
-        tex = texture.expand(len(self), -1, -1, -1)
-        delta = F.grid_sample(tex, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        delta = torch.clamp(delta, -eps, eps)
-        return delta * self.vis.to(device=texture.device, dtype=texture.dtype)
+        return sample_texture(texture, self.uv, self.vis, bound=eps, align_corners=True, mode="bilinear")
 
     def select(self, index) -> UVWarp:
         if isinstance(index, int):

@@ -10,6 +10,13 @@ log-det is evaluated stably (see :mod:`.losses`), the SSIM hinge's graph is buil
 below the floor (above it the hinge and its gradient are zero, and a no-grad SSIM is cheaper than SSIM
 forward+backward), and random numbers come from one explicit generator.
 
+One step (:func:`_train_step`): the texture is warped onto the batch and the random views are drawn
+(:func:`_protected_views`), each surrogate embeds them (:func:`_surrogate_features`), the loss is
+:func:`losses.protego_loss` (:func:`_batch_loss`), its batch-mean gradient w.r.t. the texture is aggregated
+(:func:`_texture_gradient`), the signed step is projected onto the L-inf bound (:func:`_signed_step`), the
+step is logged (:func:`_log_step`) and the SSIM weight updated; :class:`_Checkpointer` saves and restores
+the loop's state (:class:`_State`) with the generator's.
+
 Named presets (:data:`PRESETS`): ``release`` - the released code's config (100 epochs, batch 16,
 step ``0.01 eps``, SSIM floor 0.95, eps 16/255, init seed 114); ``paper`` - the paper's stated
 hyper-parameters (omega 0.063 = 16/255, alpha = omega/10, batch 4, SSIM threshold 0.025 on the
@@ -24,12 +31,12 @@ resize/shift/rotation of the protected canvas and its landmarks - the perturbati
 transform, so canvas, UV warp and landmarks move together - plus Gaussian jitter of each model's
 alignment landmarks), ``term_weights`` / ``model_weights``, ``grad_balance="per_term"`` (each
 (model, term) gradient w.r.t. the texture normalised to unit L1 or L2 before the weighted sum: with a
-signed step a scalar weight barely acts, issue 5), ``grad_smooth`` (TI-FGSM, Dong et al. CVPR 2019: the
+signed step a scalar weight barely acts otherwise), ``grad_smooth`` (TI-FGSM, Dong et al. CVPR 2019: the
 texture gradient Gaussian-smoothed before the signed step), ``blur_view`` (LowKey, Cherepanova et al. ICLR
 2021: the loss also on a Gaussian-blurred copy of each protected canvas), ``consistent_clean`` (on: under input
 diversity and the smoothed view the clean reference of the cosine term is the clean canvas under the same
-draw, transform, landmark jitter and blur, embedded without autograd; off: the untransformed clean features,
-the behaviour before issue 13; without those options it changes nothing, bit for bit), ``logdet_form``,
+draw, transform, landmark jitter and blur, embedded without autograd; off: the untransformed clean features;
+without those options it changes nothing, bit for bit), ``logdet_form``,
 ``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
 ``"flat"`` 2D mask). Measured effects on black-box transfer: notebook 04 and the README's transfer sweep.
 """
@@ -51,10 +58,18 @@ import torch
 import torch.nn as nn
 
 from ..io import atomic_write_bytes
+from ..models.embed import embed_all
 from . import losses
 from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, FlatWarp, UVWarp, Warp, init_texture, save_ppt
 
-__all__ = ["PRESETS", "TrainConfig", "TrainResult", "clean_features", "surrogate_names", "train_ppt"]
+__all__ = [
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "as_model_dict",
+    "surrogate_names",
+    "train_ppt",
+]
 
 _CKPT_FORMAT = "protego_nb.train-checkpoint/1"
 #: Config fields that may change between an interrupted run and its resumption.
@@ -115,9 +130,9 @@ class TrainConfig:
     blur_view: float = 0.0
     #: The clean reference of the cosine term goes through the same random view as the protected canvas: the
     #: same input-diversity transform and landmark jitter (the clean canvas is transformed with the same draw and
-    #: embedded without autograd) and, for the smoothed view, the same blur (issue 13, diagnostic 1c). Acts only
-    #: with ``input_diversity > 0`` or ``blur_view > 0``; False gives the earlier behaviour (clean features of
-    #: the untransformed canvas, cached once), which mixes the transform's own feature change into the push.
+    #: embedded without autograd) and, for the smoothed view, the same blur. Acts only with
+    #: ``input_diversity > 0`` or ``blur_view > 0``; False compares with the clean features of the untransformed
+    #: canvas (cached once), which mixes the transform's own feature change into the push.
     consistent_clean: bool = True
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
@@ -150,8 +165,8 @@ class TrainConfig:
         for name in _LATER_OPTIONS:
             if d[name] == _FIELD_DEFAULTS[name]:
                 del d[name]
-        # consistent_clean changes training only with a random/smoothed view, and False is the behaviour of the
-        # runs before it existed: it enters the key only where it acts and is on
+        # consistent_clean changes training only with a random/smoothed view: it enters the key only where it
+        # acts and is on, so configs where it makes no difference share their keys
         if not (self.uses_consistent_clean):
             del d["consistent_clean"]
         return d
@@ -258,32 +273,13 @@ def surrogate_names(surrogates: Mapping[str, nn.Module] | Sequence[nn.Module]) -
     return names
 
 
-def _as_dict(surrogates: Mapping[str, nn.Module] | Sequence[nn.Module]) -> dict[str, nn.Module]:
+def as_model_dict(surrogates: Mapping[str, nn.Module] | Sequence[nn.Module]) -> dict[str, nn.Module]:
+    """The surrogates as ``{name: model}`` (names by :func:`surrogate_names`); at least one is needed."""
     names = surrogate_names(surrogates)
     models = list(surrogates.values()) if isinstance(surrogates, Mapping) else list(surrogates)
     if not models:
         raise ValueError("at least one surrogate model is needed")
     return dict(zip(names, models))
-
-
-@torch.no_grad()
-def clean_features(
-    models: Mapping[str, nn.Module] | Sequence[nn.Module],
-    canvases: torch.Tensor,
-    landmarks: torch.Tensor,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-) -> dict[str, torch.Tensor]:
-    """Embeddings of clean canvases per model, ``{name: [N, D]}`` on ``device``; computed without autograd."""
-    out: dict[str, list[torch.Tensor]] = {}
-    for name, model in _as_dict(models).items():
-        chunks = []
-        for i in range(0, canvases.shape[0], batch_size):
-            x = canvases[i : i + batch_size].to(device)
-            lm = landmarks[i : i + batch_size].to(device)
-            chunks.append(model(x, lm).detach().float())
-        out[name] = chunks
-    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def _diversity_draw(
@@ -384,6 +380,300 @@ def _norm(g: torch.Tensor, kind: str) -> torch.Tensor:
     return g / n if float(n) > 0 else g
 
 
+# ----------------------------------------------------------------------------------------- the training loop
+
+
+@dataclass
+class _State:
+    """What changes while training, and what a checkpoint saves (with the generator's state)."""
+
+    texture: torch.Tensor
+    #: MI-FGSM momentum buffer (zeros while ``momentum`` is 0).
+    momentum: torch.Tensor
+    #: The current epoch's order of the canvases.
+    perm: torch.Tensor
+    ssim_weight: losses.DynamicSSIMWeight
+    history: dict[str, list[float]]
+    step: int = 0
+    #: Training seconds of earlier (interrupted) sessions.
+    seconds_before: float = 0.0
+
+
+def _check_inputs(
+    canvases: torch.Tensor,
+    landmarks: torch.Tensor,
+    warps: Warp | None,
+    names: list[str],
+    cfg: TrainConfig,
+    intruder: str | None,
+) -> Warp:
+    """Raise ``ValueError`` for inconsistent training inputs; returns the warps (``None`` -> the canvases'
+    :class:`FlatWarp`, for ``mode="flat"``)."""
+    if intruder is not None and intruder in names:
+        raise ValueError(f"the intruder model {intruder!r} must not be a surrogate (surrogates: {names})")
+    if canvases.dim() != 4 or canvases.shape[1] != 3:
+        raise ValueError(f"canvases must be [N, 3, H, W], got {tuple(canvases.shape)}")
+    n = int(canvases.shape[0])
+    if n < 1:
+        raise ValueError("no training canvases")
+    if landmarks.shape != (n, 5, 2):
+        raise ValueError(f"landmarks must be [N, 5, 2] = {(n, 5, 2)}, got {tuple(landmarks.shape)}")
+    if not torch.is_floating_point(canvases) or float(canvases.min()) < 0 or float(canvases.max()) > 1:
+        raise ValueError("canvases must be float tensors in [0, 1]")
+    if warps is None:
+        if cfg.mode != "flat":
+            raise ValueError("mode 'uv' needs UV warps (UVWarp.from_uvmap(uv.rasterize_uv(...)))")
+        warps = FlatWarp.for_canvases(canvases)
+    if len(warps) != n:
+        raise ValueError(f"the warps serve {len(warps)} canvases but {n} canvases were given")
+    if cfg.mode == "uv" and isinstance(warps, FlatWarp):
+        raise ValueError("mode 'uv' was asked for but the warps are flat (FlatWarp); set cfg.mode='flat'")
+    if cfg.mode == "flat" and isinstance(warps, UVWarp):
+        raise ValueError("mode 'flat' was asked for but the warps are UV warps; set cfg.mode='uv'")
+    return warps
+
+
+class _Checkpointer:
+    """Writes the training state to ``path`` and restores it, for the same data, surrogates and config only."""
+
+    def __init__(
+        self, path: Path, cfg: TrainConfig, canvases: torch.Tensor, landmarks: torch.Tensor, names: list[str]
+    ) -> None:
+        self.path = path
+        self.names = names
+        self.config = {k: v for k, v in cfg.key_dict().items() if k not in _RESUME_FREE}
+        self.fingerprint = _fingerprint(canvases, landmarks, names)
+
+    def restore(self, state: _State, gen: torch.Generator, device: torch.device) -> None:
+        """Load the saved state into ``state`` and ``gen``; refuses a checkpoint of other inputs or config."""
+        tensors, saved = _load_checkpoint(self.path)
+        if saved.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"{self.path}: checkpoint was written for other canvases/landmarks/surrogates")
+        config = json.loads(json.dumps(self.config))
+        if saved.get("config") != config:
+            diff = sorted(k for k in config if saved.get("config", {}).get(k) != config[k])
+            raise ValueError(f"{self.path}: checkpoint was written with another config (differs in {diff})")
+        state.texture = tensors["texture"].to(device)
+        state.momentum = tensors["momentum"].to(device)
+        state.perm = tensors["perm"].to(torch.int64)
+        gen.set_state(tensors["rng"].to(torch.uint8))
+        state.ssim_weight.load_state_dict(saved["ssim_weight"])
+        state.history = saved["history"]
+        state.step, state.seconds_before = int(saved["step"]), float(saved["seconds"])
+
+    def write(self, state: _State, gen: torch.Generator, seconds: float) -> None:
+        """Save ``state`` and the generator's state (atomically); ``seconds``: training time so far."""
+        saved = {
+            "step": state.step,
+            "seconds": seconds,
+            "ssim_weight": state.ssim_weight.state_dict(),
+            "history": state.history,
+            "config": self.config,
+            "fingerprint": self.fingerprint,
+            "surrogates": self.names,
+        }
+        tensors = {"texture": state.texture, "momentum": state.momentum, "perm": state.perm, "rng": gen.get_state()}
+        _save_checkpoint(self.path, tensors, saved)
+
+
+@dataclass
+class _Views:
+    """The canvases of one step: what the surrogates see, and the clean canvases they are compared with."""
+
+    #: Protected canvases ``clamp(x + perturbation, 0, 1)`` (the SSIM term compares them with the clean ones).
+    x_prot: torch.Tensor
+    #: The protected canvases and landmarks the surrogates see (moved by input diversity, when on).
+    x_in: torch.Tensor
+    lm_in: torch.Tensor
+    #: ``[B]`` bool, the canvases input diversity moved; None without input diversity.
+    applied: torch.Tensor | None
+    #: The clean canvases under the same draw (consistent clean reference), else the clean canvases.
+    x_clean_in: torch.Tensor
+    #: The smoothed view of ``x_in`` and, for the consistent clean reference, of ``x_clean_in`` (None when off).
+    x_blur: torch.Tensor | None
+    x_clean_blur: torch.Tensor | None
+
+
+def _protected_views(
+    tex: torch.Tensor, x: torch.Tensor, lm: torch.Tensor, warp: Warp, cfg: TrainConfig, gen: torch.Generator
+) -> _Views:
+    """Warp the texture onto the clean canvases ``x``, then apply input diversity and the smoothed view.
+
+    The perturbation is added before the input-diversity transform, so canvas, UV warp and landmarks move
+    together; with the consistent clean reference the clean canvases take the same draw and blur."""
+    consistent = cfg.uses_consistent_clean
+    x_prot = torch.clamp(x + warp.perturbation(tex, cfg.eps), 0.0, 1.0)
+    x_clean_in = x
+    if cfg.input_diversity > 0:
+        applied, dmat = _diversity_draw(x.shape[0], x.shape[-2], x.shape[-1], cfg, gen)
+        x_in, lm_in = _diversity_apply(x_prot, lm, applied, dmat)
+        if consistent:
+            x_clean_in, _ = _diversity_apply(x, lm, applied, dmat)
+    else:
+        x_in, lm_in, applied = x_prot, lm, None
+    x_blur = _gaussian(x_in, cfg.blur_view) if cfg.blur_view > 0 else None
+    x_clean_blur = _gaussian(x_clean_in, cfg.blur_view) if x_blur is not None and consistent else None
+    return _Views(x_prot, x_in, lm_in, applied, x_clean_in, x_blur, x_clean_blur)
+
+
+def _surrogate_features(
+    models: Mapping[str, nn.Module],
+    views: _Views,
+    clean_b: Mapping[str, torch.Tensor],
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each surrogate's embeddings of the protected canvases, in model order.
+
+    Returns ``(prot, prot_blur, clean, clean_blur)``: the protected canvases' and their smoothed view's
+    embeddings (with autograd), and the clean references: ``clean_b`` (the cached clean features of the batch)
+    with, for the consistent clean reference, the moved canvases' features replaced by those of the clean
+    canvases under the same draw and landmark jitter, and the smoothed clean view's (both without autograd).
+    Under input diversity each model's landmarks get their own Gaussian jitter."""
+    consistent = cfg.uses_consistent_clean
+    applied = views.applied
+    moved = applied.nonzero().flatten().to(device) if applied is not None else None
+    clean = dict(clean_b)
+    prot: dict[str, torch.Tensor] = {}
+    prot_blur: dict[str, torch.Tensor] = {}
+    clean_blur: dict[str, torch.Tensor] = {}
+    for name, model in models.items():
+        lm_m = views.lm_in
+        if applied is not None and cfg.di_landmark_jitter > 0:
+            noise = torch.randn(lm_m.shape, generator=gen) * cfg.di_landmark_jitter
+            lm_m = lm_m + (noise * applied.view(-1, 1, 1)).to(device=device, dtype=lm_m.dtype)
+        prot[name] = model(views.x_in, lm_m)
+        if views.x_blur is not None:
+            prot_blur[name] = model(views.x_blur, lm_m)
+        if consistent:
+            with torch.no_grad():
+                if moved is not None and len(moved):  # unmoved canvases keep their cached clean features
+                    c_moved = model(views.x_clean_in[moved], lm_m[moved]).detach().float()
+                    clean[name] = clean[name].index_copy(0, moved.to(clean[name].device), c_moved)
+                if views.x_clean_blur is not None:
+                    clean_blur[name] = model(views.x_clean_blur, lm_m).detach().float()
+    return prot, prot_blur, clean, clean_blur
+
+
+def _batch_loss(
+    models: Mapping[str, nn.Module],
+    clean_b: Mapping[str, torch.Tensor],
+    tex: torch.Tensor,
+    x: torch.Tensor,
+    lm: torch.Tensor,
+    warp: Warp,
+    cfg: TrainConfig,
+    ssim_weight: float,
+    gen: torch.Generator,
+    device: torch.device,
+) -> losses.LossTerms:
+    """The Protego loss of one batch as a function of the texture ``tex`` (:func:`losses.protego_loss`, the one
+    loss definition; the smoothed view, when on, enters as a second view)."""
+    views = _protected_views(tex, x, lm, warp, cfg, gen)
+    prot, prot_blur, clean, clean_blur = _surrogate_features(models, views, clean_b, cfg, gen, device)
+    tw = cfg.term_weights
+    return losses.protego_loss(
+        prot,
+        clean,
+        views.x_prot,
+        x,
+        ssim_weight=ssim_weight,
+        min_ssim=cfg.min_ssim,
+        logdet_form=cfg.logdet_form,
+        use_logdet=cfg.use_logdet,
+        logdet_weight=tw.get("logdet", 1.0),
+        cosine_weight=tw.get("cosine", 1.0),
+        model_weights=cfg.model_weights,
+        views={"blur": prot_blur} if views.x_blur is not None else None,
+        view_clean={"blur": clean_blur} if clean_blur else None,
+        lazy_ssim=True,
+        return_terms=True,
+    )
+
+
+def _texture_gradient(loss: losses.LossTerms, tex: torch.Tensor, cfg: TrainConfig, batch: int) -> torch.Tensor:
+    """The batch-mean gradient of the loss w.r.t. the texture (shared by the ``batch`` canvases).
+
+    ``grad_balance="none"``: the gradient of the weighted total. ``"per_term"``: the weighted sum of each
+    active term's gradient normalised to unit ``grad_norm`` (with a signed step a scalar weight barely acts
+    otherwise); the SSIM hinge counts while it is positive. With ``grad_smooth`` the result is Gaussian-smoothed
+    in texture space (TI-FGSM)."""
+    if cfg.grad_balance == "none":
+        (grad,) = torch.autograd.grad(loss.total, tex)
+    else:
+        grad = torch.zeros_like(tex)
+        active = [(w, v) for _, w, v in loss.feature_terms if w != 0]
+        if float(loss.hinge.detach()) > 0:
+            active.append((loss.ssim_weight, loss.hinge))
+        for i, (w, v) in enumerate(active):
+            (g,) = torch.autograd.grad(v, tex, retain_graph=i < len(active) - 1)
+            grad = grad + w * _norm(g, cfg.grad_norm)
+    grad = grad / batch
+    if cfg.grad_smooth > 0:
+        grad = _gaussian(grad, cfg.grad_smooth)
+    return grad
+
+
+@torch.no_grad()
+def _signed_step(
+    texture: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One signed L-inf step projected onto the bound: ``U <- clamp(U - lr * sign(d), -eps, eps)``.
+
+    ``d`` is the gradient, or with ``momentum`` ``mu`` the MI-FGSM buffer ``m <- mu m + g / mean|g|``.
+    Returns ``(texture, momentum buffer)``."""
+    if cfg.momentum > 0:
+        momentum = cfg.momentum * momentum + grad / grad.abs().mean().clamp_min(1e-30)
+        direction = momentum
+    else:
+        direction = grad
+    return torch.clamp(texture - cfg.lr * torch.sign(direction), -cfg.eps, cfg.eps), momentum
+
+
+def _log_step(
+    history: dict[str, list[float]], step: int, epoch: int, loss: losses.LossTerms, ssim_weight: float
+) -> dict[str, float]:
+    """Append one step's record to ``history`` (``step``, ``epoch``, ``total``, ``ssim``, ``ssim_weight``, then
+    the ``logdet/<m>`` and ``cosine/<m>`` terms); returns the record."""
+    record = {"step": step, "epoch": epoch, "total": float(loss.total.detach()), "ssim": float(loss.parts["ssim"])}
+    record["ssim_weight"] = ssim_weight
+    record.update({k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/"))})
+    for key, val in record.items():
+        history.setdefault(key, []).append(float(val))
+    return record
+
+
+def _train_step(
+    state: _State,
+    idx: torch.Tensor,
+    epoch: int,
+    models: Mapping[str, nn.Module],
+    clean: Mapping[str, torch.Tensor],
+    canvases: torch.Tensor,
+    landmarks: torch.Tensor,
+    warps: Warp,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> dict[str, float]:
+    """One optimisation step on the canvases ``idx``: loss, gradient, signed step, history record, then the
+    SSIM weight's update from the batch SSIM. Updates ``state``; returns the step's record."""
+    x = canvases[idx].to(device)
+    lm = landmarks[idx].to(device=device, dtype=torch.float32)
+    warp = warps.select(idx).to(device)
+    clean_b = {m: clean[m][idx.to(clean[m].device)] for m in models}
+    tex = state.texture.detach().clone().requires_grad_(True)
+    weight = state.ssim_weight.weight
+    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device)
+    grad = _texture_gradient(loss, tex, cfg, len(idx))
+    state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
+    record = _log_step(state.history, state.step, epoch, loss, weight)
+    state.ssim_weight.update(record["ssim"])
+    state.step += 1
+    return record
+
+
 def train_ppt(
     canvases: torch.Tensor,
     landmarks: torch.Tensor,
@@ -410,183 +700,48 @@ def train_ppt(
     """
     cfg = cfg or TrainConfig.from_preset("release")
     cfg.validate()
-    models = _as_dict(surrogates)
+    models = as_model_dict(surrogates)
     names = list(models)
-    if intruder is not None and intruder in names:
-        raise ValueError(f"the intruder model {intruder!r} must not be a surrogate (surrogates: {names})")
-    if canvases.dim() != 4 or canvases.shape[1] != 3:
-        raise ValueError(f"canvases must be [N, 3, H, W], got {tuple(canvases.shape)}")
+    warps = _check_inputs(canvases, landmarks, warps, names, cfg, intruder)
     n = int(canvases.shape[0])
-    if n < 1:
-        raise ValueError("no training canvases")
-    if landmarks.shape != (n, 5, 2):
-        raise ValueError(f"landmarks must be [N, 5, 2] = {(n, 5, 2)}, got {tuple(landmarks.shape)}")
-    if not torch.is_floating_point(canvases) or float(canvases.min()) < 0 or float(canvases.max()) > 1:
-        raise ValueError("canvases must be float tensors in [0, 1]")
-    if warps is None:
-        if cfg.mode != "flat":
-            raise ValueError("mode 'uv' needs UV warps (UVWarp.from_uvmap(uv.rasterize_uv(...)))")
-        warps = FlatWarp.for_canvases(canvases)
-    if len(warps) != n:
-        raise ValueError(f"the warps serve {len(warps)} canvases but {n} canvases were given")
-    if cfg.mode == "uv" and isinstance(warps, FlatWarp):
-        raise ValueError("mode 'uv' was asked for but the warps are flat (FlatWarp); set cfg.mode='flat'")
-    if cfg.mode == "flat" and isinstance(warps, UVWarp):
-        raise ValueError("mode 'flat' was asked for but the warps are UV warps; set cfg.mode='uv'")
-
     device = torch.device(device)
     gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    cfg_state = {k: v for k, v in cfg.key_dict().items() if k not in _RESUME_FREE}
-    fingerprint = _fingerprint(canvases, landmarks, names) if ckpt_path is not None else ""
+    ckpt = _Checkpointer(Path(checkpoint), cfg, canvases, landmarks, names) if checkpoint is not None else None
 
     texture = init_texture(cfg.eps, gen, cfg.texture_size, device)
-    mom = torch.zeros_like(texture)
-    ssim_w = losses.DynamicSSIMWeight(floor=cfg.min_ssim)
-    history: dict[str, list[float]] = {}
-    step, seconds_before = 0, 0.0
-    perm = torch.arange(n)
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        tensors, state = _load_checkpoint(ckpt_path)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"{ckpt_path}: checkpoint was written for other canvases/landmarks/surrogates")
-        if state.get("config") != json.loads(json.dumps(cfg_state)):
-            diff = sorted(k for k in cfg_state if state.get("config", {}).get(k) != json.loads(json.dumps(cfg_state[k])))
-            raise ValueError(f"{ckpt_path}: checkpoint was written with another config (differs in {diff})")
-        texture = tensors["texture"].to(device)
-        mom = tensors["momentum"].to(device)
-        perm = tensors["perm"].to(torch.int64)
-        gen.set_state(tensors["rng"].to(torch.uint8))
-        ssim_w.load_state_dict(state["ssim_weight"])
-        history = state["history"]
-        step, seconds_before = int(state["step"]), float(state["seconds"])
-
-    def write_checkpoint(seconds: float) -> None:
-        if ckpt_path is None:
-            return
-        state = {
-            "step": step,
-            "seconds": seconds,
-            "ssim_weight": ssim_w.state_dict(),
-            "history": history,
-            "config": cfg_state,
-            "fingerprint": fingerprint,
-            "surrogates": names,
-        }
-        tensors = {"texture": texture, "momentum": mom, "perm": perm, "rng": gen.get_state()}
-        _save_checkpoint(ckpt_path, tensors, state)
+    state = _State(texture, torch.zeros_like(texture), torch.arange(n), losses.DynamicSSIMWeight(floor=cfg.min_ssim), {})
+    if ckpt is not None and resume and ckpt.path.exists():
+        ckpt.restore(state, gen, device)
 
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    clean = clean_features(models, canvases, landmarks, cfg.batch_size, device) if step < total_steps else {}
+    clean = embed_all(models, canvases, landmarks, cfg.batch_size, device) if state.step < total_steps else {}
     clean_seconds = time.perf_counter() - t0
-    tw = cfg.term_weights
-    consistent = cfg.uses_consistent_clean
-    pbar = tqdm(total=total_steps, initial=step, disable=not progress, desc="PPT", leave=False)
-    while step < total_steps:
-        epoch, k = divmod(step, steps_per_epoch)
-        if k == 0:
-            perm = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
-        idx = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-        x = canvases[idx].to(device)
-        lm = landmarks[idx].to(device=device, dtype=torch.float32)
-        warp = warps.select(idx).to(device)
-
-        tex = texture.detach().clone().requires_grad_(True)
-        x_prot = torch.clamp(x + warp.perturbation(tex, cfg.eps), 0.0, 1.0)
-        x_clean_in = x
-        if cfg.input_diversity > 0:
-            applied, dmat = _diversity_draw(x.shape[0], x.shape[-2], x.shape[-1], cfg, gen)
-            x_in, lm_in = _diversity_apply(x_prot, lm, applied, dmat)
-            if consistent:  # the clean canvas under the same draw (issue 13, 1c)
-                x_clean_in, _ = _diversity_apply(x, lm, applied, dmat)
-        else:
-            x_in, lm_in, applied = x_prot, lm, None
-        moved = applied.nonzero().flatten().to(device) if applied is not None else None
-        prot, prot_blur, clean_blur = {}, {}, {}
-        x_blur = _gaussian(x_in, cfg.blur_view) if cfg.blur_view > 0 else None
-        x_clean_blur = _gaussian(x_clean_in, cfg.blur_view) if x_blur is not None and consistent else None
-        clean_b = {m: clean[m][idx.to(clean[m].device)] for m in names}
-        for name, model in models.items():
-            lm_m = lm_in
-            if applied is not None and cfg.di_landmark_jitter > 0:
-                noise = torch.randn(lm.shape, generator=gen) * cfg.di_landmark_jitter
-                lm_m = lm_in + (noise * applied.view(-1, 1, 1)).to(device=device, dtype=lm_in.dtype)
-            prot[name] = model(x_in, lm_m)
-            if x_blur is not None:
-                prot_blur[name] = model(x_blur, lm_m)
-            if consistent:
-                with torch.no_grad():
-                    if moved is not None and len(moved):  # unmoved canvases keep their cached clean features
-                        c_moved = model(x_clean_in[moved], lm_m[moved]).detach().float()
-                        clean_b[name] = clean_b[name].index_copy(0, moved.to(clean_b[name].device), c_moved)
-                    if x_clean_blur is not None:
-                        clean_blur[name] = model(x_clean_blur, lm_m).detach().float()
-        # the one loss definition (losses.protego_loss); the smoothed view, when on, enters as a second view
-        loss = losses.protego_loss(
-            prot,
-            clean_b,
-            x_prot,
-            x,
-            ssim_weight=ssim_w.weight,
-            min_ssim=cfg.min_ssim,
-            logdet_form=cfg.logdet_form,
-            use_logdet=cfg.use_logdet,
-            logdet_weight=tw.get("logdet", 1.0),
-            cosine_weight=tw.get("cosine", 1.0),
-            model_weights=cfg.model_weights,
-            views={"blur": prot_blur} if x_blur is not None else None,
-            view_clean={"blur": clean_blur} if clean_blur else None,
-            lazy_ssim=True,
-            return_terms=True,
-        )
-        total, hinge, s = loss.total, loss.hinge, loss.parts["ssim"]
-        values = {k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/"))}
-        if cfg.grad_balance == "none":
-            (grad,) = torch.autograd.grad(total, tex)
-        else:
-            grad = torch.zeros_like(tex)
-            active = [(w, v) for _, w, v in loss.feature_terms if w != 0]
-            if float(hinge.detach()) > 0:
-                active.append((loss.ssim_weight, hinge))
-            for i, (w, v) in enumerate(active):
-                (g,) = torch.autograd.grad(v, tex, retain_graph=i < len(active) - 1)
-                grad = grad + w * _norm(g, cfg.grad_norm)
-        grad = grad / len(idx)  # the batch-mean gradient (the texture is shared by the batch)
-        if cfg.grad_smooth > 0:  # TI-FGSM: smooth the gradient in texture space
-            grad = _gaussian(grad, cfg.grad_smooth)
-        with torch.no_grad():
-            if cfg.momentum > 0:
-                mom = cfg.momentum * mom + grad / grad.abs().mean().clamp_min(1e-30)
-                direction = mom
-            else:
-                direction = grad
-            texture = torch.clamp(texture - cfg.lr * torch.sign(direction), -cfg.eps, cfg.eps)
-
-        record = {"step": step, "epoch": epoch, "total": float(total.detach()), "ssim": float(s)}
-        record["ssim_weight"] = ssim_w.weight
-        record.update(values)
-        for key, val in record.items():
-            history.setdefault(key, []).append(float(val))
-        ssim_w.update(float(s))
-        step += 1
+    pbar = tqdm(total=total_steps, initial=state.step, disable=not progress, desc="PPT", leave=False)
+    while state.step < total_steps:
+        epoch, k = divmod(state.step, steps_per_epoch)
+        if k == 0:  # a new epoch: file order, or a fresh shuffle
+            state.perm = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
+        idx = state.perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+        record = _train_step(state, idx, epoch, models, clean, canvases, landmarks, warps, cfg, gen, device)
         pbar.update(1)
         pbar.set_postfix(loss=f"{record['total']:.3f}", ssim=f"{record['ssim']:.3f}", refresh=False)
-        if ckpt_path is not None and step % cfg.checkpoint_every == 0 and step < total_steps:
-            write_checkpoint(seconds_before + time.perf_counter() - t0)
+        if ckpt is not None and state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
+            ckpt.write(state, gen, state.seconds_before + time.perf_counter() - t0)
     pbar.close()
-    seconds = seconds_before + time.perf_counter() - t0
-    write_checkpoint(seconds)
+    seconds = state.seconds_before + time.perf_counter() - t0
+    if ckpt is not None:
+        ckpt.write(state, gen, seconds)
     return TrainResult(
-        texture=texture.detach().to("cpu"),
-        history=history,
+        texture=state.texture.detach().to("cpu"),
+        history=state.history,
         seconds=seconds,
-        steps=step,
+        steps=state.step,
         config=cfg,
         surrogates=names,
-        checkpoint=ckpt_path,
+        checkpoint=ckpt.path if ckpt is not None else None,
         clean_seconds=clean_seconds,
     )

@@ -45,7 +45,8 @@ from ..evaluate import transfer
 from ..protect import losses
 from ..protect import train as tr
 from ..protect.methods import METHODS, Method, lowkey
-from ..protect.methods.common import check_budget, check_faces, linf_box, per_image_ssim
+from ..protect.methods.common import check_budget, check_faces, linf_box
+from ..protect.ssim import per_image_ssim
 from ..protect.texture import init_texture
 from .faces import FaceSet
 from .protections import Protection, run_method, with_ssim_floor
@@ -92,7 +93,7 @@ def lowkey_texture(train_faces, surrogates, cfg: tr.TrainConfig, device="cpu", g
     dynamic SSIM weight, step ``texture <- clip(texture - cfg.lr * sign(grad / batch), -eps, eps)``.
     """
     cfg.validate()
-    models = tr._as_dict(surrogates)
+    models = tr.as_model_dict(surrogates)
     device = torch.device(device)
     gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
     x_all, lm_all = train_faces.x, train_faces.lm
@@ -165,7 +166,7 @@ def protego_per_image(
     check_budget(eps, min_ssim)
     x_all, lm_all = faces.x, faces.lm
     check_faces(x_all, lm_all, "Protego per image")
-    models = tr._as_dict(surrogates)
+    models = tr.as_model_dict(surrogates)
     device = torch.device(device)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     n = int(x_all.shape[0])

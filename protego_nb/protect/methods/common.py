@@ -1,20 +1,8 @@
-"""Shared pieces of the peer methods: argument checks, per-image SSIM, the L-inf box, progress bars."""
+"""Shared pieces of the peer methods: argument checks, identities, the L-inf box, progress bars."""
 
 from __future__ import annotations
 
 import torch
-
-
-def per_image_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM of each image pair ``[B]`` (the quantity :func:`losses.ssim` averages; differentiable)."""
-    import kornia.metrics
-
-    if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(
-            f"SSIM needs two [B, C, H, W] batches of one shape; got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
-    smap = kornia.metrics.ssim(x, y.to(x.dtype), window_size=11, max_val=1.0, eps=0.0, padding="valid")
-    return smap.mean((1, 2, 3))
 
 
 def check_faces(x: torch.Tensor, lm: torch.Tensor, what: str) -> None:

@@ -30,9 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..train import _as_dict as as_model_dict
-from ..train import clean_features
-from .common import check_budget, check_faces, identity_of, linf_box, per_image_ssim, progress_bar
+from ...models.embed import embed_all
+from ..ssim import per_image_ssim
+from ..train import as_model_dict
+from .common import check_budget, check_faces, identity_of, linf_box, progress_bar
 
 
 # ---------------------------------------------------------------------------------------- target pool
@@ -85,7 +86,7 @@ class TargetPool:
                 raise ValueError(
                     f"target pool has no canvases and no precomputed features for model {name!r}"
                 )
-            self.features[name] = clean_features({name: model}, self.x, self.lm, batch_size, device)[
+            self.features[name] = embed_all({name: model}, self.x, self.lm, batch_size, device)[
                 name
             ].cpu()
         return self.features[name]
@@ -212,7 +213,7 @@ def fawkes_protect(
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     n = int(x_all.shape[0])
 
-    user_feats = clean_features(models, x_all, lm_all, batch_size, device)
+    user_feats = embed_all(models, x_all, lm_all, batch_size, device)
     pool_feats = {k: pool.features_for(k, mdl, device) for k, mdl in models.items()}
     ids = list(getattr(faces, "ids", []))
     label = select_target_label(

@@ -25,8 +25,9 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..train import _as_dict as as_model_dict
-from .common import check_budget, check_faces, linf_box, per_image_ssim, progress_bar
+from ..ssim import per_image_ssim
+from ..train import as_model_dict
+from .common import check_budget, check_faces, linf_box, progress_bar
 
 # ---------------------------------------------------------------------------------------- LowKey
 #: LowKey's published settings (``util/attack_utils.py``, ``app.py``).

@@ -32,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...models.embed import embed_all
 from .. import losses
 from ..texture import FlatWarp, init_texture
-from ..train import TrainConfig, clean_features
-from ..train import _as_dict as as_model_dict
+from ..train import TrainConfig, as_model_dict
 from .common import check_faces, progress_bar
 
 #: OPOM hull types: class centre (``a = 1/n``), affine hull, convex hull, FI-UAP (own clean embedding).
@@ -181,7 +181,7 @@ def opom_train(
     warps = FlatWarp.for_canvases(canvases)
     clean = {
         k: F.normalize(v, dim=1)
-        for k, v in clean_features(models, canvases, landmarks, cfg.batch_size, device).items()
+        for k, v in embed_all(models, canvases, landmarks, cfg.batch_size, device).items()
     }
     hulls = {k: FeatureHull(v) for k, v in clean.items()}
     gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
