@@ -223,10 +223,10 @@ def _check_checkpoint(path: Path) -> None:
     if path.is_dir():
         raise UsageError(f"--checkpoint {path}: is a folder; give a file name")
     if path.exists():
-        from .protect.train import _load_checkpoint
+        from .protect.checkpoint import load_checkpoint
 
         try:
-            _load_checkpoint(path)
+            load_checkpoint(path)
         except (ValueError, OSError, RuntimeError) as exc:
             raise UsageError(f"--checkpoint {path}: not a usable training checkpoint "
                              f"({str(exc).removeprefix(f'{path}: ')})") from exc

@@ -9,6 +9,7 @@ from fakes import TinyFR
 from protego_nb.protect import losses
 from protego_nb.protect import texture as X
 from protego_nb.protect import train as T
+from protego_nb.protect import views as V
 
 torch.set_num_threads(1)
 S = 32  # canvas and texture side
@@ -191,7 +192,7 @@ def test_input_diversity_moves_canvas_and_landmarks_together():
     lm = torch.tensor([[20.0, 22.0], [44.0, 22.0], [32.0, 32.0], [24.0, 44.0], [40.0, 44.0]]).expand(4, -1, -1)
     for i, (cx, cy) in enumerate(lm[0].round().long().tolist()):
         x[:, i % 3, cy - 1 : cy + 2, cx - 1 : cx + 2] = 1.0  # a bright 3x3 dot at each landmark
-    xo, lmo, applied = T._diversity(x, lm.clone(), cfg, torch.Generator().manual_seed(3))
+    xo, lmo, applied = V.diversity(x, lm.clone(), cfg, torch.Generator().manual_seed(3))
     assert applied.all() and not torch.allclose(lmo, lm)
     for b in range(4):
         for i in range(5):
@@ -201,7 +202,7 @@ def test_input_diversity_moves_canvas_and_landmarks_together():
             yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
             centroid = torch.stack([(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()])
             assert torch.allclose(centroid, lmo[b, i], atol=0.6), (b, i, centroid, lmo[b, i])
-    xo0, lmo0, applied0 = T._diversity(x, lm, cfg.replace(input_diversity=0.0), torch.Generator().manual_seed(3))
+    xo0, lmo0, applied0 = V.diversity(x, lm, cfg.replace(input_diversity=0.0), torch.Generator().manual_seed(3))
     assert not applied0.any() and xo0 is x and lmo0 is lm
 
 
@@ -273,9 +274,9 @@ def test_gradient_smoothing_gives_a_smoother_update():
     assert (d_smooth != 0).float().mean() > 2 * (d_plain != 0).float().mean()
     # the blur keeps a constant field and shrinks a checkerboard
     const = torch.full((1, 3, 16, 16), 0.3)
-    assert torch.allclose(T._gaussian(const, 2.0), const, atol=1e-6)
+    assert torch.allclose(V.gaussian_blur(const, 2.0), const, atol=1e-6)
     checker = (torch.arange(16)[:, None] + torch.arange(16)[None]).remainder(2).float().expand(1, 3, 16, 16)
-    assert _tv(T._gaussian(checker, 2.0)) < 0.05 * _tv(checker)
+    assert _tv(V.gaussian_blur(checker, 2.0)) < 0.05 * _tv(checker)
 
 
 def test_blur_view_adds_the_smoothed_canvas_to_the_loss():
@@ -301,7 +302,7 @@ def test_blur_view_adds_the_smoothed_canvas_to_the_loss():
     n_clean = 2 * math.ceil(10 / cfg.batch_size)  # the clean-feature pass of both models
     assert len(calls) == n_clean + steps * 2 * 2  # each step: both models see the canvas and its blurred copy
     x, xb = calls[n_clean], calls[n_clean + 1]
-    assert torch.allclose(T._gaussian(x, 1.0), xb) and _tv(xb) < _tv(x)
+    assert torch.allclose(V.gaussian_blur(x, 1.0), xb) and _tv(xb) < _tv(x)
     assert set(blur.history) == set(plain.history)  # the logged terms stay the unblurred ones
     assert not torch.equal(blur.texture, plain.texture)
     assert blur.texture.abs().max() <= torch.tensor(cfg.eps, dtype=torch.float32)
@@ -417,9 +418,9 @@ def test_clean_reference_goes_through_the_same_transform(monkeypatch, blur):
     # the clean reference of a moved image is the embedding of the identically transformed clean canvas
     x, l4 = c[:4], lm[:4]
     g = torch.Generator().manual_seed(0)
-    applied, m = T._diversity_draw(4, S, S, cfg, g)
-    xt, lt = T._diversity_apply(x, l4, applied, m)
-    xt2, _ = T._diversity_apply(x, l4, applied, m)
+    applied, m = V.diversity_draw(4, S, S, cfg, g)
+    xt, lt = V.diversity_apply(x, l4, applied, m)
+    xt2, _ = V.diversity_apply(x, l4, applied, m)
     assert torch.equal(xt, xt2) and applied.all() and not torch.allclose(xt, x)
 
 
