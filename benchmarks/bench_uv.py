@@ -15,7 +15,7 @@ Canvases come from the first ``--n`` LFW images (sorted paths, one per identity)
 
 Every stage reports the median wall-clock time and the median CPU time of the whole process
 (``time.process_time``: all threads, MediaPipe runs its own; less sensitive than wall time to
-other processes on a shared machine) over ``--repeats`` runs, in milliseconds per canvas. Target (issue 4): mesh + UV <= 15 ms per canvas on CPU.
+other processes on a shared machine) over ``--repeats`` runs, in milliseconds per canvas. Target: mesh + UV <= 15 ms per canvas on CPU.
 """
 
 from __future__ import annotations

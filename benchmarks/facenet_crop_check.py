@@ -3,7 +3,7 @@
     python benchmarks/facenet_crop_check.py [--per-fold 40] [--out data/results/bench/facenet_crop_check.json]
 
 Sandberg's FaceNets were trained on face-detector boxes grown by a margin and squeezed to 160x160; the zoo
-emulates that box from the canvas's 5 points (``zoo.mtcnn_box_template``). This compares that crop at two
+emulates that box from the canvas's 5 points (``embedder.mtcnn_box_template``). This compares that crop at two
 margins with an ArcFace-style alignment scaled to 160 (``arcface160``), each model's cosine similarity,
 10-fold accuracy on ``per_fold`` pairs per fold (a quick check, not the 6,000-pair protocol of notebook 00).
 """
@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from protego_nb import data  # noqa: E402
 from protego_nb.evaluate import lfw_benchmark, verification  # noqa: E402
-from protego_nb.models import zoo  # noqa: E402
+from protego_nb.models import embedder, zoo  # noqa: E402
 
 PLAN = {"facenet_casia": ["box m0.30", "box m0.41", "arcface160"], "facenet_msceleb": ["box m0.30", "arcface160"]}
 
 
 def variants() -> dict:
-    return {"arcface160": (zoo.TEMPLATES["arcface160"], None), "box m0.30": zoo.mtcnn_box_template(160, 0.30),
-            "box m0.41": zoo.mtcnn_box_template(160, 0.41)}
+    return {"arcface160": (embedder.TEMPLATES["arcface160"], None), "box m0.30": embedder.mtcnn_box_template(160, 0.30),
+            "box m0.41": embedder.mtcnn_box_template(160, 0.41)}
 
 
 def score(name: str, variant: str, canv: dict, pairs) -> dict:

@@ -1,4 +1,4 @@
-"""Issue 13 diagnostics: the 2x2 {shared UV texture, per-image perturbation} x {Protego loss, LowKey-style loss}.
+"""Black-box transfer diagnostics: the 2x2 {shared UV texture, per-image perturbation} x {Protego loss, LowKey-style loss}.
 
 Same surrogates, bound and SSIM floor in every cell; black-box intruder held out. For each cell and user:
 black-box 1b/1a/2b/2a recall, white-box 2a of each surrogate, SSIM, seconds, and the common vs per-image shift
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                 text=True).stdout.strip())
     rec = {
-        "what": "issue 13 diagnostics 1a (2x2), 1b (shift decomposition), section 3 (SSIM floor per canvas)",
+        "what": "transfer diagnostics: the 2x2 carrier x loss, the shift decomposition, the SSIM floor per canvas)",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "args": vars(args), "config": cfg.to_dict(), "users": users, "device": str(device),
         "commit": commit, "dirty": dirty, "seconds": time.perf_counter() - t_start,

@@ -144,7 +144,7 @@ def test_protect_usage_errors(trained, tmp_path, capsys):
     assert cli.main(["protect", str(img), "--ppt", str(trained), "-o", str(tmp_path), "--keep-gps"]) == 2
 
 
-# ----------------------------------------------------------------------------- issue 14 regressions
+# ----------------------------------------------------------------------------- hostile-input regressions
 
 
 def _err_lines(capsys) -> list[str]:

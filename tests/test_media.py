@@ -308,7 +308,7 @@ def test_invalid_owner_embedding_is_refused(prot):
         media.Protector(prot.texture, prot.meta, eps=0.5)
 
 
-# ----------------------------------------------------------------------------- issue 14 regressions
+# ----------------------------------------------------------------------------- hostile-input regressions
 
 
 def test_tiff_with_exif_and_gps_under_keep_metadata(prot, tmp_path):

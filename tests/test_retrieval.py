@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from protego_nb.data import Split, UserSplit
+from protego_nb.evaluate import ranking
 from protego_nb.evaluate import retrieval as R
 
 D = 32
@@ -64,23 +65,23 @@ def brute_force_expected(sim: np.ndarray, rel: np.ndarray, k: int) -> float:
 def test_similarity_matrix_values():
     q = torch.tensor([[3.0, 4.0]])
     g = torch.tensor([[6.0, 8.0], [0.0, 1.0], [3.0, 4.0]])
-    cos = R.similarity_matrix(q, g, "cosine")
+    cos = ranking.similarity_matrix(q, g, "cosine")
     np.testing.assert_allclose(cos.numpy(), [[1.0, 0.8, 1.0]], atol=1e-12)
-    euc = R.similarity_matrix(q, g.numpy(), "euclidean")
+    euc = ranking.similarity_matrix(q, g.numpy(), "euclidean")
     np.testing.assert_allclose(euc.numpy(), [[-5.0, -np.sqrt(9 + 9), 0.0]], atol=1e-12)
     with pytest.raises(ValueError, match="unknown metric"):
-        R.similarity_matrix(q, g, "manhattan")
+        ranking.similarity_matrix(q, g, "manhattan")
     with pytest.raises(ValueError, match="dimension"):
-        R.similarity_matrix(q, torch.zeros(2, 3), "cosine")
+        ranking.similarity_matrix(q, torch.zeros(2, 3), "cosine")
     with pytest.raises(ValueError, match="NaN"):
-        R.similarity_matrix(torch.tensor([[np.nan, 1.0]]), g, "cosine")
+        ranking.similarity_matrix(torch.tensor([[np.nan, 1.0]]), g, "cosine")
 
 
 # ----------------------------------------------------------------------------- rank metrics
 def test_true_entries_first_gives_one_and_last_gives_zero():
     sim = np.array([[0.9, 0.8, 0.5, 0.1, 0.0], [0.0, 0.1, 0.5, 0.8, 0.9]])
     rel = np.array([[True, True, False, False, False]] * 2)
-    m = R.rank_metrics(sim, rel, k=[1, 3])
+    m = ranking.rank_metrics(sim, rel, k=[1, 3])
     np.testing.assert_allclose(m["recall"], [1.0, 0.0])
     np.testing.assert_allclose(m["top1"], [1.0, 0.0])
     np.testing.assert_allclose(m["ap"], [1.0, (1 / 4 + 2 / 5) / 2])
@@ -93,7 +94,7 @@ def test_constructed_half_recall():
     # K = 4 true entries; the top 4 hold two of them
     sim = np.array([[0.99, 0.95, 0.9, 0.85, 0.5, 0.4, 0.3, 0.2]])
     rel = np.array([[True, False, True, False, True, True, False, False]])
-    m = R.rank_metrics(sim, rel)
+    m = ranking.rank_metrics(sim, rel)
     assert m["recall"][0] == pytest.approx(0.5)
     assert m["top1"][0] == 1.0
     assert m["ap"][0] == pytest.approx(average_precision_score(rel[0], sim[0]))
@@ -106,7 +107,7 @@ def test_ap_equals_sklearn_including_ties():
         sim = np.round(rng.normal(size=(Q, G)), 1)  # many exact ties
         rel = rng.random((Q, G)) < 0.3
         rel[:, 0] = True
-        m = R.rank_metrics(sim, rel)
+        m = ranking.rank_metrics(sim, rel)
         ref = [average_precision_score(rel[q], sim[q]) for q in range(Q)]
         np.testing.assert_allclose(m["ap"], ref, rtol=1e-12)
 
@@ -118,23 +119,23 @@ def test_ties_are_expected_value_over_random_orders():
         sim = rng.integers(0, 3, size=G).astype(float)
         rel = rng.random(G) < 0.5
         rel[rng.integers(G)] = True
-        m = R.rank_metrics(sim[None], rel[None], k=[2])
+        m = ranking.rank_metrics(sim[None], rel[None], k=[2])
         K = int(rel.sum())
         assert m["recall"][0] == pytest.approx(brute_force_expected(sim, rel, K) / K)
         assert m["top1"][0] == pytest.approx(brute_force_expected(sim, rel, 1))
         assert m["recall@2"][0] == pytest.approx(brute_force_expected(sim, rel, 2) / K)
     # all tied: every metric is the base rate, independent of gallery order
-    m = R.rank_metrics(np.zeros((1, 4)), np.array([[True, False, False, False]]))
+    m = ranking.rank_metrics(np.zeros((1, 4)), np.array([[True, False, False, False]]))
     assert m["recall"][0] == pytest.approx(0.25) and m["top1"][0] == pytest.approx(0.25)
 
 
 def test_rank_metrics_edge_cases():
-    m = R.rank_metrics(np.array([[0.3, 0.2]]), np.array([[False, False]]))
+    m = ranking.rank_metrics(np.array([[0.3, 0.2]]), np.array([[False, False]]))
     assert np.isnan(m["recall"][0]) and np.isnan(m["ap"][0])
     with pytest.raises(ValueError, match="shape"):
-        R.rank_metrics(np.zeros((2, 3)), np.zeros((2, 2), bool))
+        ranking.rank_metrics(np.zeros((2, 3)), np.zeros((2, 2), bool))
     with pytest.raises(ValueError, match="k must be"):
-        R.rank_metrics(np.zeros((1, 3)), np.ones((1, 3), bool), k=0)
+        ranking.rank_metrics(np.zeros((1, 3)), np.ones((1, 3), bool), k=0)
 
 
 def test_euclidean_and_cosine_rank_differently():
@@ -142,8 +143,8 @@ def test_euclidean_and_cosine_rank_differently():
     q = np.array([[1.0, 0.0]])
     g = np.array([[10.0, 0.0], [1.0, 0.5]])
     rel = np.array([[True, False]])
-    assert R.rank_metrics(R.similarity_matrix(q, g, "cosine"), rel)["recall"][0] == 1.0
-    assert R.rank_metrics(R.similarity_matrix(q, g, "euclidean"), rel)["recall"][0] == 0.0
+    assert ranking.rank_metrics(ranking.similarity_matrix(q, g, "cosine"), rel)["recall"][0] == 1.0
+    assert ranking.rank_metrics(ranking.similarity_matrix(q, g, "euclidean"), rel)["recall"][0] == 0.0
 
 
 # ----------------------------------------------------------------------------- scenarios

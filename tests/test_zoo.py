@@ -10,7 +10,7 @@ import torch
 
 from protego_nb import assets, paths
 from protego_nb.faces import align
-from protego_nb.models import zoo
+from protego_nb.models import embedder, zoo
 
 STRONG = (
     "sface",
@@ -31,7 +31,7 @@ def _loadable(name: str) -> bool:
     )
 
 
-def _need(name: str) -> zoo.FaceEmbedder:
+def _need(name: str) -> embedder.FaceEmbedder:
     if not _loadable(name):
         pytest.skip(f"{name} not loadable here: {zoo.unavailable_reason(name) or 'asset not fetched'}")
     return zoo.load(name)
@@ -48,10 +48,10 @@ def test_table_is_consistent():
     assert set(zoo.SURROGATES_DEFAULT) <= set(zoo.MODELS)
     for name, s in zoo.MODELS.items():
         assert s.name == name
-        assert s.template in zoo.TEMPLATES and s.metric in ("cosine", "euclidean")
+        assert s.template in embedder.TEMPLATES and s.metric in ("cosine", "euclidean")
         assert s.channels in ("RGB", "BGR") and s.strength in ("strong", "moderate", "weak")
         assert s.role in ("intruder", "surrogate", "optional") and s.provenance and s.licence
-        t = zoo.TEMPLATES[s.template]
+        t = embedder.TEMPLATES[s.template]
         assert t.shape == (5, 2) and (t > 0).all() and (t < s.input_size).all()
         if s.asset_key is not None:
             assert set(s.asset_files) <= set(assets.PACKAGES[s.asset_key].files)
@@ -72,26 +72,26 @@ def test_table_is_consistent():
 def test_mtcnn_box_template():
     """The box-with-margin template: points inside the crop, upright, symmetric about the centre
     line for a symmetric face, and a larger margin shrinks the face towards the centre."""
-    t30, a30 = zoo.mtcnn_box_template(160, 0.30)
-    t44, a44 = zoo.mtcnn_box_template(160, 0.44)
+    t30, a30 = embedder.mtcnn_box_template(160, 0.30)
+    t44, a44 = embedder.mtcnn_box_template(160, 0.44)
     assert (t30 > 0).all() and (t30 < 160).all() and a30 > 1 and a44 < a30  # taller than wide
     assert t30[0, 0] < t30[1, 0] and t30[3, 0] < t30[4, 0] and t30[0, 1] < t30[2, 1] < t30[3, 1]
     assert abs((t30[0, 0] + t30[1, 0]) / 2 - 80) < 4  # eyes centred (MTCNN boxes are)
     assert np.linalg.norm(t44[1] - t44[0]) < np.linalg.norm(t30[1] - t30[0])
-    np.testing.assert_allclose(zoo.TEMPLATES["mtcnn160"], zoo.mtcnn_box_template(160, zoo.FACENET_MARGIN)[0])
+    np.testing.assert_allclose(embedder.TEMPLATES["mtcnn160"], embedder.mtcnn_box_template(160, embedder.FACENET_MARGIN)[0])
 
 
 def test_prewhiten_matches_facenet_numpy():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 3, 16, 16, generator=g) * 255
     x[2] = 7.0  # constant: the std floor 1/sqrt(N) applies
-    ours = zoo.prewhiten(x)
+    ours = embedder.prewhiten(x)
     for i in range(3):
         a = x[i].numpy()
         std_adj = max(a.std(), 1.0 / np.sqrt(a.size))
         np.testing.assert_allclose(ours[i].numpy(), (a - a.mean()) / std_adj, rtol=1e-5, atol=1e-5)
     xg = x.clone().requires_grad_(True)
-    zoo.prewhiten(xg)[:, 0].sum().backward()
+    embedder.prewhiten(xg)[:, 0].sum().backward()
     assert torch.isfinite(xg.grad).all()
 
 
@@ -99,7 +99,7 @@ def test_dlib_template_agrees_with_dlibs_5_point_chip():
     """Our 5 points come from dlib's 68-point mean face. dlib's own 5-point chip template
     (eye corners + under-nose, get_face_chip_details) is an independent set of constants:
     the midpoints of its eye corners must land on our eye centres."""
-    t = zoo.dlib_chip_template(150, 0.25)
+    t = embedder.dlib_chip_template(150, 0.25)
     corners = np.array([[0.8595674595992, 0.2134981538014], [0.6460604764104, 0.2289674387626],
                         [0.1205750620789, 0.2137274526848], [0.3340850613712, 0.2290642403242]])  # fmt: skip
     corners = (0.25 + corners) / 1.5 * 150
@@ -129,8 +129,8 @@ def test_facenet_is_unavailable_quickly(monkeypatch, tmp_path):
 def test_similarity_helper():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
-    torch.testing.assert_close(zoo.similarity(a, b, "cosine"), torch.tensor([1.0, -1.0]))
-    torch.testing.assert_close(zoo.similarity(a, b, "euclidean"), torch.tensor([-1.0, -3.0]))
+    torch.testing.assert_close(embedder.similarity(a, b, "cosine"), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(embedder.similarity(a, b, "euclidean"), torch.tensor([-1.0, -3.0]))
 
 
 # --------------------------------------------------------------------------- alignment
@@ -152,8 +152,8 @@ def test_crop_puts_landmarks_on_the_template(name):
     crop = emb.crop(_blob_canvas(pts), torch.tensor(pts, dtype=torch.float32)[None])
     assert crop.shape == (1, 3, emb.spec.input_size, emb.spec.input_size)
     heat = crop[0, 0].numpy()
-    template = zoo.TEMPLATES[emb.spec.template]
-    aspect = zoo.TEMPLATE_ASPECT.get(emb.spec.template, 1.0)
+    template = embedder.TEMPLATES[emb.spec.template]
+    aspect = embedder.TEMPLATE_ASPECT.get(emb.spec.template, 1.0)
     iso = template * [1.0, aspect]  # the similarity is fitted in the isotropic frame, then y is squeezed
     expected = align.apply_affine(align.similarity_transform(pts, iso), pts) / [1.0, aspect]
     assert np.abs(expected - template).max() < 3.0

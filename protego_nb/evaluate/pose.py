@@ -391,7 +391,7 @@ def entry_found(sim, relevant) -> np.ndarray:
 
     ``sim [Q, G]``, ``relevant [G]`` bool (the same true entries for every query, as in a
     :class:`protego_nb.evaluate.retrieval.Gallery`). Each row sums to the query's expected hits, so the
-    mean over a query's row is exactly its ``recall`` in :func:`protego_nb.evaluate.retrieval.rank_metrics`.
+    mean over a query's row is exactly its ``recall`` in :func:`protego_nb.evaluate.ranking.rank_metrics`.
     """
     s = np.asarray(sim, dtype=np.float64)
     rel = np.asarray(relevant, dtype=bool)
@@ -409,7 +409,7 @@ def entry_rows(gal, metric: str) -> pd.DataFrame:
     """One row per true gallery entry of a :class:`~protego_nb.evaluate.retrieval.Gallery`: ``entry``, its
     protection state, and ``recall`` = the fraction of the user's queries that find it in their top K
     (the entry's share of recall@K: the mean over entries equals the mean recall over queries)."""
-    from .retrieval import similarity_matrix
+    from .ranking import similarity_matrix
 
     sim = similarity_matrix(gal.queries, gal.emb, metric).numpy()
     found = entry_found(sim, gal.relevant)
