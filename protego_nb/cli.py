@@ -10,6 +10,9 @@ errors), 1 when any input failed (or training failed), 2 for usage errors (bad a
 not there, a missing or invalid PPT or checkpoint, an output that cannot be written, inputs that hold no
 photo or video), reported in one line before any work is done and before anything is created.
 ``--help`` imports nothing heavy (no torch).
+
+Size: the argument parser and the two commands with every check that runs before work starts (usage errors exit 2);
+the protection itself lives in :mod:`protego_nb.protect.media`.
 """
 
 from __future__ import annotations

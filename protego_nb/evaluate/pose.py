@@ -36,6 +36,8 @@ methods are paired. Resampling queries within users instead would treat a user's
 draws and give intervals that are too narrow (it ignores the between-user spread, which dominates here).
 With few users the intervals are wide and coarse (5 users have 126 distinct resamples); they are
 reported as measured.
+
+Size: the pose estimate, the bins and the cluster bootstrap that uses them, kept together.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ user has the same fraction ``p`` protected, chosen by their own seeded order.
 Metrics per query and their tie handling: :mod:`.ranking`.
 
 The ``features`` structure used by :func:`evaluate_users` is documented on :class:`Features`.
+
+Size: the protocol in one place: scenarios, galleries with their protection states and the per-user table.
 """
 
 from __future__ import annotations

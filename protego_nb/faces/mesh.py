@@ -26,6 +26,8 @@ Conventions
 
 ``UV468``, ``TRI468`` and ``MIRROR468`` are loaded lazily on first attribute access
 (``from protego_nb.faces import mesh; mesh.UV468``) because they need the assets.
+
+Size: the mesh, its canonical UV layout and triangles, and its disk cache, kept together.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ Conventions
 * Pixels that see no triangle get ``vis = 0``, ``face_index = -1``, ``depth = +inf`` and
   ``uv = INVISIBLE_UV`` (outside ``[-1, 1]``, so ``grid_sample`` with zero padding reads 0
   there even without the mask).
+
+Size: the rasteriser, the UV layout it reads and the one texture warp (:func:`sample_texture`) belong together.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ Normalisation: dlib normalises in its *input layer* (``input_rgb_image::to_tenso
 module's ``forward`` takes the tensor *after* that input layer, i.e. already normalised
 values ``[B, 3, 150, 150]`` in RGB order; :meth:`DlibResNet.normalize` applies dlib's
 input layer to RGB pixels in ``0..255`` and :meth:`DlibResNet.embed_pixels` chains both.
+
+Size: one file format, self-contained (dlib's serialisation and the network it describes).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ frozen inference graph needs is decoded; unknown fields are skipped by wire type
 protobuf itself does. :func:`load_facenet_graphdef` maps David Sandberg's FaceNet
 Inception-ResNet-v1 variables (``InceptionResnetV1/...``) onto facenet-pytorch's
 ``InceptionResnetV1``.
+
+Size: one file format, self-contained (protobuf wire decoding, tensor decoding, the FaceNet weight mapping).
 """
 
 from __future__ import annotations

