@@ -6,7 +6,7 @@ Usage::
                                             [--json out.json]
 
 Canvases come from the first ``--n`` LFW images (sorted paths, one per identity) through
-:func:`protego_nb.faces.detect.build_canvases` (cached MTCNN; not timed). Then, timed:
+:func:`protego_nb.faces.pipeline.build_canvases` (cached MTCNN; not timed). Then, timed:
 
 * ``mesh``: MediaPipe FaceMesh per canvas, cache off (``mesh_canvases(..., cache=False)``);
 * ``raster@B``: :func:`rasterize_uv` over batches of ``B`` canvases (per-canvas time);
@@ -39,7 +39,7 @@ from protego_nb.faces import mesh, uv  # noqa: E402
 
 
 def lfw_canvases(n: int) -> np.ndarray:
-    from protego_nb.faces.detect import build_canvases
+    from protego_nb.faces.pipeline import build_canvases
 
     people = sorted(p for p in paths.lfw_images_dir().iterdir() if p.is_dir())
     files = [sorted(p.glob("*.jpg"))[0] for p in people[: 2 * n]]

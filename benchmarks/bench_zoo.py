@@ -13,7 +13,7 @@ synchronisation). Output: JSON on stdout and, with ``--out``, written atomically
 
 ``--verify-pairs N`` also runs a quick LFW verification sanity check per model on N pairs
 sampled from ``pairs.txt`` (balanced over the 10 folds and matched/mismatched, seeded):
-canvases from :func:`protego_nb.faces.detect.build_canvases`, embeddings in the model's
+canvases from :func:`protego_nb.faces.pipeline.build_canvases`, embeddings in the model's
 native metric, 10-fold accuracy and AUC (:mod:`protego_nb.evaluate.verification`). It is
 meant to catch preprocessing mistakes, not to replace the full 6,000-pair protocol.
 
@@ -81,13 +81,13 @@ def time_model(name: str, device: str, batch: int, repeats: int, warmup: int = 1
 
 def lfw_sanity(names: list[str], n_pairs: int, seed: int, device: str, batch: int) -> dict:
     """Verification accuracy/AUC of each model on ``n_pairs`` sampled LFW pairs."""
-    from protego_nb.faces import detect
+    from protego_nb.faces.pipeline import build_canvases
 
     pairs = verification.load_pairs().sample(n_pairs // 10, seed=seed)
     root = paths.lfw_images_dir()
     rels = pairs.images()
     t0 = time.perf_counter()
-    rep = detect.build_canvases([root / r for r in rels], progress=False)
+    rep = build_canvases([root / r for r in rels], progress=False)
     by_path = {str(c.path): c for c in rep.canvases}
     ok = [r for r in rels if str(root / r) in by_path]
     canvas = (

@@ -247,7 +247,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs}: must be >= 1 (0 epochs would write an untrained PPT)")
 
-    from .faces import detect, uv
+    from .faces import uv
+    from .faces.canvas import canvases_to_tensor
+    from .faces.pipeline import build_canvases
     from .models import zoo
     from .protect import inputs
     from .protect import owner as owner_match
@@ -302,8 +304,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .protect.texture import UVWarp
 
     with _QuietNativeStderr():
-        rep = detect.build_canvases(photos, progress=progress)
-        x, lm = detect.canvases_to_tensor(rep.canvases) if rep.canvases else (None, None)
+        rep = build_canvases(photos, progress=progress)
+        x, lm = canvases_to_tensor(rep.canvases) if rep.canvases else (None, None)
     for f in rep.failures:
         print(f"skipped {_one_line(f.message)}", file=sys.stderr)
     if len(rep.canvases) == 0:

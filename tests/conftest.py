@@ -23,12 +23,12 @@ def lfw_canvas_stack(names: tuple[str, ...]):
     import numpy as np
 
     from protego_nb import paths
-    from protego_nb.faces import detect
+    from protego_nb.faces.pipeline import build_canvases
 
     root = paths.lfw_images_dir(check=False)
     if not root.is_dir():
         pytest.skip("LFW not available (set PROTEGO_DATA_DIR)")
-    rep = detect.build_canvases([root / n for n in names], progress=False)
+    rep = build_canvases([root / n for n in names], progress=False)
     assert not rep.failures, rep.failures
     return np.stack([c.canvas for c in rep.canvases])
 

@@ -15,19 +15,15 @@ from PIL import Image
 
 from protego_nb import paths
 from protego_nb.faces import align
-from protego_nb.faces.detect import (
-    CanvasReport,
-    Detection,
-    DetectionCache,
-    FaceDetector,
-    build_canvases,
+from protego_nb.faces.canvas import (
     canvas_points_to_image,
     canvas_to_image_transform,
     canvases_to_tensor,
-    choose_face,
     make_canvas,
 )
+from protego_nb.faces.detect import Detection, FaceDetector, choose_face
 from protego_nb.faces.images import load_rgb
+from protego_nb.faces.pipeline import CanvasReport, DetectionCache, build_canvases
 
 NAMES = ["Aaron_Eckhart_0001", "Aaron_Guiel_0001", "Aaron_Patterson_0001", "Aaron_Peirsol_0002",
          "Abba_Eban_0001", "Abdullah_Gul_0003"]

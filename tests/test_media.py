@@ -42,15 +42,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ppt_meta(tmp_path_factory) -> tuple[torch.Tensor, dict]:
     """A random PPT whose metadata holds the owner's mobilefacenet reference (3 photos of OWNER)."""
-    from protego_nb.faces import detect
+    from protego_nb.faces.canvas import canvases_to_tensor
+    from protego_nb.faces.pipeline import build_canvases
     from protego_nb.models import zoo
 
     d = tmp_path_factory.mktemp("owner")
     for k in (1, 2, 3):
         Image.fromarray(lfw_img(OWNER, k)).save(d / f"{k}.png")
-    rep = detect.build_canvases(sorted(d.glob("*.png")), cache=False, progress=False)
+    rep = build_canvases(sorted(d.glob("*.png")), cache=False, progress=False)
     assert len(rep.canvases) == 3
-    x, lm = detect.canvases_to_tensor(rep.canvases)
+    x, lm = canvases_to_tensor(rep.canvases)
     ref = owner.owner_embedding(zoo.load("mobilefacenet"), x, lm)
     tex = texture.init_texture(EPS, torch.Generator().manual_seed(3))
     path = texture.save_ppt(d / "me.ppt", tex, {"epsilon": EPS, "owner_model": "mobilefacenet",

@@ -223,9 +223,9 @@ def test_cuda_matches_cpu(name, random_batch):
 def _lfw_canvases(files: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Canvases via the detection module; MTCNN + cv2.warpAffine if it is not importable."""
     try:
-        from protego_nb.faces import detect
+        from protego_nb.faces.pipeline import build_canvases
 
-        rep = detect.build_canvases(files, progress=False)
+        rep = build_canvases(files, progress=False)
         assert rep.n_ok == len(files), rep.failures
         canv = [c.canvas for c in rep.canvases]
         lms = [c.landmarks for c in rep.canvases]

@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 
 from ..data import FaceDataset
-from ..faces import detect
+from ..faces.canvas import make_canvas
 from ..faces.images import ImageError, load_rgb
+from ..faces.pipeline import CanvasReport, build_canvases
 from ..models import embed as features
 from ..models import zoo
 from . import verification
@@ -38,9 +39,9 @@ class SimpleCanvas:
 
 def pair_canvases(
     ds: FaceDataset, images: Sequence[str], progress: bool = False
-) -> tuple[dict, list, detect.CanvasReport]:
+) -> tuple[dict, list, CanvasReport]:
     """Canvases ``rel path -> canvas`` for ``images``; failures get a fallback canvas (module docstring)."""
-    rep = detect.build_canvases([ds.path(r) for r in images], progress=progress)
+    rep = build_canvases([ds.path(r) for r in images], progress=progress)
     by_path = {c.path: c for c in rep.canvases}
     out: dict = {}
     fallbacks = []
@@ -56,7 +57,7 @@ def pair_canvases(
         except ImageError as exc:
             fallbacks.append((rel, f"unreadable: {exc}"))
             continue
-        canvas, M = detect.make_canvas(img, mean_points)
+        canvas, M = make_canvas(img, mean_points)
         lm = (mean_points @ M[:, :2].T + M[:, 2]).astype(np.float32)
         out[rel] = SimpleCanvas(rel, canvas, lm)
         fallbacks.append((rel, "fallback canvas (no usable face detected)"))

@@ -228,3 +228,10 @@ def load_rgb(
     """
     img, notes = decode_rgb(read_bytes(path), path, max_pixels=max_pixels)
     return (img, notes) if return_notes else img
+
+
+def check_rgb(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 [H, W, 3] RGB image, got {img.dtype} {img.shape}")
+    return img

@@ -275,7 +275,7 @@ def clean_features(
     """Clean embeddings ``image id -> float32 [D]`` of face canvases, computing only those not cached.
 
     ``canvas_list``: objects with ``.canvas`` (uint8 ``(224, 224, 3)``) and ``.landmarks`` (``(5, 2)``),
-    e.g. :class:`protego_nb.faces.detect.FaceCanvas`; ids are their ``.path`` unless ``ids`` is given, or
+    e.g. :class:`protego_nb.faces.canvas.FaceCanvas`; ids are their ``.path`` unless ``ids`` is given, or
     the keys when a dict ``id -> canvas`` is passed. Identical canvases are computed once. ``cache``:
     ``True`` (the model's folder under ``paths.cache_dir("features", ...)``), ``False``, or a
     :class:`FeatureCache`. Images whose embedding is not finite are left out with a warning.

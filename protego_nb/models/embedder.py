@@ -78,7 +78,7 @@ def dlib_chip_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
 
 #: MTCNN's 5 points relative to its own box (``(p - (x1, y1)) / (w, h)``), mean over 9,562 LFW
 #: deep-funneled detections (the face nearest the image centre, probability > 0.95) of
-#: :mod:`protego_nb.faces.detect` (its cached detections).
+#: :mod:`protego_nb.faces.pipeline` (its cached detections).
 MTCNN_BOX_POINTS = np.array(
     [[0.28987673, 0.38908796], [0.7396513, 0.38141998], [0.51848912, 0.58366434],
      [0.32516556, 0.75868215], [0.72208831, 0.75239641]]

@@ -54,7 +54,8 @@ import torch
 
 from ..faces import align
 from ..faces.blazeface import DETECTOR_KINDS, BlazeFaceDetector, detect_faces
-from ..faces.detect import MIN_BOX_SIZE, MIN_EYE_DISTANCE, Detection, FaceDetector, make_canvas
+from ..faces.canvas import make_canvas
+from ..faces.detect import MIN_BOX_SIZE, MIN_EYE_DISTANCE, Detection, FaceDetector
 from .inputs import media_kind
 from .owner import DEFAULT_OWNER_MODEL, OWNER_THRESHOLDS, owner_similarities, parse_owner_embedding
 from .paste import paste_perturbation

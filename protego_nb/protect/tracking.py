@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..faces import align
-from ..faces.detect import make_canvas
+from ..faces.canvas import make_canvas
 from .paste import paste_perturbation
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The faces of a study split: canvases, landmarks and UV maps of every image, with what could not be read.
 
-Detection and meshes are cached on disk (:mod:`protego_nb.faces.detect`, :mod:`protego_nb.faces.mesh`).
+Detection and meshes are cached on disk (:mod:`protego_nb.faces.pipeline`, :mod:`protego_nb.faces.mesh`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import FaceDataset, Split
-from ..faces import detect
+from ..faces.canvas import canvases_to_tensor
+from ..faces.pipeline import build_canvases
 from ..protect import texture
 
 
@@ -65,7 +66,7 @@ class FaceSet:
 def load_faces(ds: FaceDataset, ids: Sequence[str], with_uv: bool = True, progress: bool = False) -> FaceSet:
     """Detect (cached), canvas and, with ``with_uv``, mesh (cached) + rasterise the UV maps of ``ids``."""
     ids = list(ids)
-    rep = detect.build_canvases([ds.path(i) for i in ids], progress=progress)
+    rep = build_canvases([ds.path(i) for i in ids], progress=progress)
     by_path = {c.path: c for c in rep.canvases}
     fail = {f.path: f"{f.reason}: {f.message}" for f in rep.failures}
     kept, canv, missing = [], {}, {}
@@ -76,7 +77,7 @@ def load_faces(ds: FaceDataset, ids: Sequence[str], with_uv: bool = True, progre
             canv[i] = by_path[key]
         else:
             missing[i] = fail.get(key, "no canvas")
-    x, lm = detect.canvases_to_tensor([canv[i] for i in kept])
+    x, lm = canvases_to_tensor([canv[i] for i in kept])
     fs = FaceSet(kept, x, lm, None, canv, missing)
     if with_uv and kept:
         from ..faces import uv as uvmod
