@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := $(VENV)/.assets
 
-.PHONY: setup assets reproduce full ci-profile test test-fast bench lint strip check hooks clean-outputs help results
+.PHONY: setup assets reproduce full ci-profile test test-fast bench fidelity lint strip check hooks clean-outputs help results
 
 help:
 	@echo "make reproduce   # set up, then run every notebook with the default profile (10 users; not yet timed in full on a 2-core CPU: see README)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-fast   # unit tests only (no notebooks)"
 	@echo "make check       # lint, notebooks without outputs, no large files (the pre-commit hooks; CI runs it)"
 	@echo "make bench       # speed benchmarks -> papermill_runs/bench/*.json"
+	@echo "make fidelity    # torch ports vs their reference runtimes -> data/results/bench/fidelity.json"
 	@echo "make results     # regenerate data/results/default/ tables + README results from the committed run JSON"
 	@echo "                 # (FROM=papermill_runs/default/results imports a finished run's JSON first)"
 
@@ -65,6 +66,12 @@ bench: setup
 	$(PY) benchmarks/bench_train.py --steps 3 --out $(BENCH)/train.json
 	$(PY) benchmarks/bench_protect.py --photos 10 --frames 100 --detect-every 1 10 --out $(BENCH)/protect.json
 	$(PY) benchmarks/bench_canvases.py --limit 500 --fresh-cache --no-progress --out $(BENCH)/canvases_500_cold.json
+
+# the fidelity tests, recording every measured error (data/results/bench/fidelity.json, quoted by make results)
+fidelity: setup
+	PROTEGO_FIDELITY_OUT=data/results/bench/fidelity.json $(PY) -m pytest -q -m assets -k "matches" \
+		tests/test_dlib_reader.py tests/test_graphdef_reader.py tests/test_keras_reader.py \
+		tests/test_onnx_reader.py tests/test_tflite_reader.py tests/test_tfjs_reader.py
 
 results: $(STAMP)
 	$(PY) scripts/make_results.py $(if $(FROM),--from $(FROM))

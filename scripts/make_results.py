@@ -319,6 +319,21 @@ def bench_section(root: Path = REPO) -> str:
     return md(df)
 
 
+def fidelity_section(root: Path = REPO) -> str:
+    """The fidelity table: each torch port's largest relative error against its reference runtime, as measured by
+    the last ``make fidelity`` run (``data/results/bench/fidelity.json``)."""
+    f = root / "data" / "results" / "bench" / "fidelity.json"
+    if not f.exists():
+        return "_No `make fidelity` run is committed (`data/results/bench/fidelity.json`)._\n"
+    rec = json.loads(f.read_text())
+    rows = [(c["model"], c["what"] or "embedding", c["reference"], c["n_inputs"], f"{c['max_rel_l2']:.1e}")
+            for c in rec["checks"]]
+    df = pd.DataFrame(rows, columns=["model", "output", "reference runtime", "inputs", "max relative L2 error"])
+    commit = (rec["git"]["commit"] or "unknown")[:7] + ("+dirty" if rec["git"]["dirty"] else "")
+    return (f"Measured by `{rec['command']}` at commit {commit} (exit status {rec['exit_status']}); every check "
+            "asserts <= 1e-4.\n\n" + md(df.set_index("model")))
+
+
 SECTIONS: dict[str, tuple[str | None, Callable]] = {
     "runs": (None, None),
     "faces": ("05_recall_tables", lambda r: md(tables.faces_table(r))),
@@ -346,6 +361,7 @@ def readme_sections(profile: str = README_PROFILE, root: Path = REPO) -> dict[st
     for name, (nb, body) in SECTIONS.items():
         out[name] = _runs_section(runs, profile) if nb is None else _section(runs, profile, nb, body)
     out["bench"] = bench_section(root)
+    out["fidelity"] = fidelity_section(root)
     return out
 
 

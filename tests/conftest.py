@@ -42,3 +42,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------- fidelity record
+#: Measured errors of the torch ports against their reference runtimes, one entry per check. The fidelity tests
+#: assert a bound on each; with PROTEGO_FIDELITY_OUT set (``make fidelity``), the session writes every measured
+#: value there as JSON, so the README's fidelity table quotes numbers a run measured, not the bound.
+_FIDELITY: list[dict] = []
+
+
+@pytest.fixture
+def record_fidelity(request):
+    """``record(model, reference, rel_max, n_inputs, what="")``: keep a fidelity measurement of this test."""
+
+    def record(model: str, reference: str, rel_max: float, n_inputs: int, what: str = "") -> float:
+        _FIDELITY.append({"model": model, "reference": reference, "what": what, "n_inputs": int(n_inputs),
+                          "max_rel_l2": float(rel_max), "test": request.node.nodeid})
+        return float(rel_max)
+
+    return record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    out = os.environ.get("PROTEGO_FIDELITY_OUT")
+    if not out or not _FIDELITY:
+        return
+    import json
+
+    from protego_nb.io import atomic_write_text
+    from protego_nb.runtime import git_info, machine
+
+    rec = {"what": "largest per-input relative L2 error of each torch port against its reference runtime",
+           "command": "make fidelity", "exit_status": int(exitstatus), "git": git_info(), "machine": machine(),
+           "checks": sorted(_FIDELITY, key=lambda r: (r["model"], r["what"]))}
+    atomic_write_text(out, json.dumps(rec, indent=1) + "\n")

@@ -45,7 +45,7 @@ def test_parse_structure(dat):
     assert n_params == 5_614_592
 
 
-def test_matches_dlib_cpp(model):
+def test_matches_dlib_cpp(model, record_fidelity):
     """Descriptors equal dlib 20.0.1's ``compute_face_descriptor`` (scripts/make_dlib_fixture.py)."""
     ref = np.load(FIXTURE)
     chips = torch.from_numpy(ref["chips"]).permute(0, 3, 1, 2).float()
@@ -53,6 +53,7 @@ def test_matches_dlib_cpp(model):
         ours = model.embed_pixels(chips).numpy()
     want = ref["descriptors"]
     rel = np.linalg.norm(ours - want, axis=1) / np.linalg.norm(want, axis=1)
+    record_fidelity("dlib_resnet", "dlib 20.0.1 compute_face_descriptor (fixture)", rel.max(), len(want))
     assert rel.max() <= 1e-4, rel
     # and the face chips are not degenerate: two different people are far apart in dlib's metric
     names = list(ref["names"])

@@ -191,7 +191,7 @@ def _inputs() -> np.ndarray:
 
 
 @pytest.mark.assets
-def test_facenet_casia_matches_opencv_dnn(pb, one_thread):
+def test_facenet_casia_matches_opencv_dnn(pb, one_thread, record_fidelity):
     cv2 = pytest.importorskip("cv2")
     net = gd.load_facenet_graphdef(pb)
     x = _inputs()
@@ -205,6 +205,7 @@ def test_facenet_casia_matches_opencv_dnn(pb, one_thread):
     ref = np.stack(ref)
     assert ours.shape == ref.shape == (3, 512)
     rel = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    record_fidelity("facenet_casia", f"OpenCV DNN {cv2.__version__} (readNetFromTensorflow)", rel.max(), len(ref))
     assert rel.max() <= 1e-4, rel
     assert not net.training and all(not m.training for m in net.modules())
     # gradients reach the input

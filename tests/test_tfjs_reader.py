@@ -61,14 +61,15 @@ def _fixture_input(ref, key: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------- fidelity
 @pytest.mark.assets
 @pytest.mark.parametrize("key", list(MODELS))
-def test_matches_tfjs_reference(ref, key):
+def test_matches_tfjs_reference(ref, key, record_fidelity):
     m = _load(key)
     with torch.no_grad():
         ours = m(_fixture_input(ref, key))
     for out in MODELS[key][1]:
         r = ref[f"{key}|{out}"]
         assert ours[out].shape == r.shape
-        assert _rel(ours[out].numpy(), r) <= TOL, out
+        err = record_fidelity(key, "TensorFlow.js, pure-JS CPU backend (fixture)", _rel(ours[out].numpy(), r), len(r), what=out)
+        assert err <= TOL, out
     if key == "faceres":  # the ReLU6 chains and conv+bias pairs were rewritten, still within TOL
         assert sum(s.op == "_Clamp" for s in m._plan) == 27
 

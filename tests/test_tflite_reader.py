@@ -69,13 +69,13 @@ def _mfn_inputs() -> np.ndarray:
 
 # ---------------------------------------------------------------------------- MobileFaceNet
 @pytest.mark.assets
-def test_mobilefacenet_matches_litert(mfn):
+def test_mobilefacenet_matches_litert(mfn, record_fidelity):
     x = _mfn_inputs()
     ref = _litert(str(assets.path(*MFN)), x)["embeddings"]
     with torch.no_grad():
         ours = mfn(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     assert ours.shape == (4, 192)
-    assert _rel(ours, ref) <= TOL
+    assert record_fidelity("mobilefacenet", "LiteRT (ai-edge-litert) interpreter", _rel(ours, ref), len(ref)) <= TOL
     # all 33 written-out PReLUs (RELU/ABS/SUB/MUL/ADD) run as one fused kernel each
     assert sum(s.op == "_PRELU" for s in mfn._steps) == 33
     # the two faces are different people: the embeddings must differ clearly
