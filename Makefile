@@ -72,7 +72,7 @@ lint: setup
 	$(VENV)/bin/ruff check protego_nb tests scripts benchmarks notebooks
 
 strip:
-	$(VENV)/bin/nbstripout notebooks/*.ipynb
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb  # keep cell ids: small diffs
 
 clean-outputs:
 	rm -rf figures/*/ papermill_runs/*/
