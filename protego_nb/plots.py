@@ -145,3 +145,107 @@ def recall_bars(table, title: str = ""):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def detection_outcomes(counts: dict, notes: dict, n_images: int):
+    """Bars of detection failures and notes by reason over ``n_images`` images."""
+    return bar_counts({**{f"fail: {k}": v for k, v in counts.items()}, **{f"note: {k}": v for k, v in notes.items()}},
+                      title=f"detection outcome over {n_images} LFW images")
+
+
+def verification_roc(rocs: dict, accuracy, n_pairs: int):
+    """ROC curves ``{model: (fpr, tpr, auc)}`` on a log false-accept axis; ``accuracy[model]`` in % in the legend."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, (fpr, tpr, auc) in rocs.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.4f}, acc {accuracy[name]:.2f}%)")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"LFW verification, {n_pairs} pairs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def texture_panel(texture, eps: float, title: str = ""):
+    """One UV-space texture (:func:`texture_image`: grey = 0) in a small square figure."""
+    fig, ax = plt.subplots(1, 1, figsize=(3.2, 3.2))
+    ax.imshow(texture_image(texture, eps))
+    ax.set_title(title)
+    ax.axis("off")
+    return fig
+
+
+def cohesion_bars(coh, models: Sequence[str]):
+    """Mean within-user cosine per state (clean first), one panel per model; ``coh`` indexed by (model, state)."""
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        sub = coh.loc[name]
+        ax.bar(sub.index, sub["within"], color=["#888"] + ["#4c72b0"] * (len(sub) - 1))
+        ax.set_title(f"{name}: mean within-user cosine")
+        ax.set_ylim(min(0, sub["within"].min()) - 0.05, 1)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def umap_embeddings(emb: dict, name: str, methods: Sequence[str], users: Sequence[str], n_neighbors: int, seed: int):
+    """UMAP (cosine) of one model's clean and protected embeddings ``emb[(name, state)][user]``; a panel per method."""
+    import umap
+
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(users), 2)))
+    states = ["clean"] + list(methods)
+    X = np.concatenate([emb[(name, s)][u] for s in states for u in users])
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    tags = [(s, u) for s in states for u in users for _ in range(len(emb[(name, s)][u]))]
+    Y = umap.UMAP(n_neighbors=min(n_neighbors, len(X) - 1), metric="cosine", random_state=seed).fit_transform(X)
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        for k, u in enumerate(users):
+            c = [i for i, t in enumerate(tags) if t == ("clean", u)]
+            p = [i for i, t in enumerate(tags) if t == (m, u)]
+            ax.scatter(Y[c, 0], Y[c, 1], s=10, color=colours[k], alpha=0.35, marker="o")
+            ax.scatter(Y[p, 0], Y[p, 1], s=22, color=colours[k], marker="x", label=u if m == methods[0] else None)
+        ax.set_title(f"{m} ({name}); o clean, x protected")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(abl, intruder: str, white_box: str):
+    """Per ablation: black- and white-box 2a recall (bars, clean 1b dashed), and black-box 2a against SSIM."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    x = np.arange(len(abl))
+    axes[0].bar(x - 0.2, abl["bb_2a"], 0.4, label=f"black-box {intruder} 2a")
+    axes[0].bar(x + 0.2, abl["wb_2a"], 0.4, label=f"white-box {white_box} 2a")
+    axes[0].axhline(abl["bb_1b"].iloc[0], color="k", lw=0.8, ls="--", label="black-box 1b (clean)")
+    axes[0].set_xticks(x)
+    axes[0].set_xticklabels(abl.index, rotation=45, ha="right")
+    axes[0].set_ylabel("recall@K (%)")
+    axes[0].legend(fontsize=7)
+    axes[1].scatter(abl["ssim"], abl["bb_2a"])
+    for name, row in abl.iterrows():
+        axes[1].annotate(name, (row["ssim"], row["bb_2a"]), fontsize=7)
+    axes[1].set_xlabel("mean SSIM")
+    axes[1].set_ylabel("black-box 2a recall (%)")
+    fig.tight_layout()
+    return fig
+
+
+def coverage_curves(coverage: dict, fractions: Sequence[float]):
+    """Recall against the protected fraction of the gallery, clean and protected queries; ``coverage[method][scenario]``."""
+    from .evaluate.retrieval import Scenario
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, qk in zip(axes, (1, 2)):
+        for m, row in coverage.items():
+            ax.plot(fractions, [row[Scenario(qk == 2, float(c)).name] for c in fractions], marker="o", label=m)
+        ax.set_title(["", "clean query", "protected query"][qk])
+        ax.set_xlabel("fraction of gallery protected")
+    axes[0].set_ylabel("recall@K (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

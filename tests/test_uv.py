@@ -409,3 +409,21 @@ def test_figures_render():
     assert rgb.shape == (224, 224, 3) and (rgb[m.vis[0, 0].numpy() == 0] == 0).all()
     for f in figs:
         plt.close(f)
+
+
+def test_uv_viewer_widget_and_mesh_uv_timing(one_thread):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import ipywidgets as W
+
+    from protego_nb import widgets
+    from protego_nb.faces import timing
+
+    uv468, tri = mesh.load_tables()
+    cans, V = lfw_canvases(), lfw_meshes()
+    m = uv.rasterize_uv(V, tri, uv468)
+    view = widgets.uv_viewer(cans, m, {"checker": uv.checkerboard_texture(64)}, titles=["a"] * len(cans))
+    assert isinstance(view, W.interactive) and len(view.kwargs_widgets) == 3  # image, texture, blend
+    t = timing.time_mesh_uv(cans[:2], size=64)
+    assert t["n"] == 2 and t["total_ms"] > 0 and t["torch_threads"] == 1

@@ -247,16 +247,20 @@ def _load_cached_ppt(key: str, cfg: tr.TrainConfig, names: list[str]) -> tr.Trai
 
 
 
-def check_methods(methods: Sequence[str], optional: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """``(available, skipped)``: a method that is not registered is an error unless ``optional`` lists it."""
-    unknown = [m for m in methods if m not in METHODS]
+def check_methods(
+    methods: Sequence[str], optional: Sequence[str] = (), pending: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """``(available, skipped)``: a method that is not registered is an error unless ``optional`` lists it;
+    ``pending`` names methods the caller registers later (e.g. Fawkes once its target pool is loaded)."""
+    known = set(METHODS) | set(pending)
+    unknown = [m for m in methods if m not in known]
     required = [m for m in unknown if m not in set(optional)]
     if required:
         raise KeyError(
             f"methods {required} are not registered (registered: {sorted(METHODS)}); list them under "
             "OPTIONAL_METHODS in the profile to run without them"
         )
-    return [m for m in methods if m in METHODS], unknown
+    return [m for m in methods if m in known], unknown
 
 
 
