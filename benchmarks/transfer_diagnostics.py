@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                 text=True).stdout.strip())
     rec = {
-        "what": "transfer diagnostics: the 2x2 carrier x loss, the shift decomposition, the SSIM floor per canvas)",
+        "what": "transfer diagnostics: the 2x2 carrier x loss, the shift decomposition, the SSIM floor per canvas",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "args": vars(args), "config": cfg.to_dict(), "users": users, "device": str(device),
         "commit": commit, "dirty": dirty, "seconds": time.perf_counter() - t_start,
