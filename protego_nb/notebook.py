@@ -265,12 +265,12 @@ def ppt_timing(prots: Mapping, user: str, steps: Mapping[str, int], fs, texture,
     """Training seconds per step of each method, and ms to apply ``texture`` to one canvas (mean of ``repeats``)."""
     import torch
 
-    from .protect import texture as tex
+    from .protect.texture import apply_texture
 
     x1, warp1 = fs.x[:1], fs.warp("uv").select([0])
     t0 = time.perf_counter()
     for _ in range(repeats):
-        tex.apply_texture(x1, warp1, texture, eps)
+        apply_texture(x1, warp1, texture, eps)
     apply_ms = (time.perf_counter() - t0) / repeats * 1000
     return {"train_s_per_step": {m: prots[m][user].train_seconds / max(1, steps[m]) for m in steps},
             "apply_ms_per_canvas": apply_ms, "device": device, "threads": torch.get_num_threads()}

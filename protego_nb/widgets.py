@@ -43,11 +43,11 @@ def texture_viewer(fs, texture: torch.Tensor, eps_255: float):
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .protect import texture as tex
+    from .protect.texture import apply_texture
 
     def show(eps255=eps_255, image=0):
         e = eps255 / 255
-        xp = tex.apply_texture(fs.x[image:image + 1], fs.warp("uv").select([image]), texture.clamp(-e, e), e)
+        xp = apply_texture(fs.x[image:image + 1], fs.warp("uv").select([image]), texture.clamp(-e, e), e)
         plt.figure(figsize=(6, 3))
         plt.subplot(1, 2, 1)
         plt.imshow(fs.x[image].permute(1, 2, 0))
