@@ -316,11 +316,57 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     cfg = T.TrainConfig.from_preset("paper")
     key = cfg.key_dict()
     assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
-    later = ("grad_smooth", "blur_view", "consistent_clean")
+    later = ("grad_smooth", "blur_view", "consistent_clean", "push_target", "logdet_relative")
     assert {k: v for k, v in cfg.to_dict().items() if k not in later} == key
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
     assert cfg.replace(grad_smooth=2.0).key_dict()["grad_smooth"] == 2.0
+    assert cfg.replace(push_target="centre").key_dict()["push_target"] == "centre"
+    assert cfg.replace(logdet_relative=True).key_dict()["logdet_relative"] is True
+
+
+# ---------------------------------------------------------------- the user's clean centre
+
+
+def test_clean_centre_is_the_mean_of_normalised_clean_embeddings():
+    clean = {"a": torch.tensor([[3.0, 0.0], [0.0, 2.0]])}
+    assert T.clean_centres(clean, _cfg()) is None  # neither option on: nothing computed
+    c = T.clean_centres(clean, _cfg(push_target="centre"))["a"]
+    torch.testing.assert_close(c, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="push_target"):
+        _cfg(push_target="nearest").validate()
+
+
+def test_push_from_the_centre_uses_the_centre_as_every_photos_clean_reference(monkeypatch):
+    seen = []
+    real = losses.protego_loss
+
+    def spy(prot, clean, *a, **kw):
+        seen.append(({m: v.detach().clone() for m, v in clean.items()}, kw.get("logdet_offsets")))
+        return real(prot, clean, *a, **kw)
+
+    monkeypatch.setattr(losses, "protego_loss", spy)
+    c, lm, w = _data(8)
+    r = T.train_ppt(c, lm, w, MODELS, _cfg(epochs=1, push_target="centre", logdet_relative=True), progress=False)
+    clean_all = {n: m(c, lm).detach() for n, m in T.as_model_dict(MODELS).items()}
+    for name, ref in seen[0][0].items():
+        centre = torch.nn.functional.normalize(clean_all[name], dim=1).mean(0)
+        torch.testing.assert_close(ref, centre.expand_as(ref), rtol=1e-5, atol=1e-6)  # every row is the centre
+        torch.testing.assert_close(seen[0][1][name], centre, rtol=1e-5, atol=1e-6)
+    own = T.train_ppt(c, lm, w, MODELS, _cfg(epochs=1), progress=False)
+    assert not torch.equal(r.texture, own.texture)
+
+
+def test_logdet_seen_from_an_offset():
+    z = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    zero = {"m": torch.zeros(8)}
+    base, _ = losses.ensemble_terms({"m": z}, {"m": z.detach()})
+    same, _ = losses.ensemble_terms({"m": z}, {"m": z.detach()}, logdet_offsets=zero)
+    torch.testing.assert_close(dict((k, v) for k, _, v in base)["logdet/m"], dict((k, v) for k, _, v in same)["logdet/m"])
+    centre = torch.nn.functional.normalize(z, dim=1).mean(0)
+    rel, _ = losses.ensemble_terms({"m": z}, {"m": z.detach()}, logdet_offsets={"m": centre})
+    want = losses.logdet_term(torch.nn.functional.normalize(z, dim=1) - centre)
+    torch.testing.assert_close(dict((k, v) for k, _, v in rel)["logdet/m"], want)
 
 
 # ---------------------------------------------------------------- one loss definition

@@ -165,6 +165,7 @@ def ensemble_terms(
     cosine_weight: float = 1.0,
     model_weights: Mapping[str, float] | None = None,
     c: float = GRAM_C,
+    logdet_offsets: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
     """The feature terms of the Protego loss, one per model and kind, with their weights.
 
@@ -173,6 +174,8 @@ def ensemble_terms(
     ``model_weights[name] / sum(model_weights)`` (the weighted loss is ``sum(weight * value)``); the log-det
     terms are left out when ``use_logdet`` is False. ``values`` holds every term's value as a float,
     the log-det ones too when they are not used (so a baseline's spread can still be logged).
+    ``logdet_offsets[name]`` (``[D]``): the log-det is taken of ``normalize(z) - offset`` (the embeddings seen
+    from that point, e.g. the user's clean centre) instead of ``z``.
     """
     if not isinstance(prot_feats, Mapping):
         prot_feats = {f"model{i}": v for i, v in enumerate(prot_feats)}
@@ -196,12 +199,13 @@ def ensemble_terms(
         cos = cosine_term(zp, clean_feats[name])
         terms.append((f"cosine/{name}", cosine_weight * share, cos))
         values[f"cosine/{name}"] = float(cos.detach())
+        zl = zp if logdet_offsets is None else F.normalize(zp, dim=1) - logdet_offsets[name].to(zp).detach()
         if use_logdet:
-            ld = logdet_term(zp, form=logdet_form, c=c)
+            ld = logdet_term(zl, form=logdet_form, c=c)
             terms.append((f"logdet/{name}", logdet_weight * share, ld))
         else:
             with torch.no_grad():
-                ld = logdet_term(zp.detach(), form=logdet_form, c=c)
+                ld = logdet_term(zl.detach(), form=logdet_form, c=c)
         values[f"logdet/{name}"] = float(ld.detach())
     return terms, values
 
@@ -239,6 +243,7 @@ def protego_loss(
     c: float = GRAM_C,
     views: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     view_clean: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    logdet_offsets: Mapping[str, torch.Tensor] | None = None,
     lazy_ssim: bool = False,
     return_terms: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]] | LossTerms:
@@ -256,7 +261,7 @@ def protego_loss(
     view); a view without one is compared with ``clean_feats``.
     ``lazy_ssim``: compute SSIM without autograd first and build the hinge's graph only at or below the
     floor (above it the hinge and its gradient are exactly zero, and a no-grad SSIM is cheaper than SSIM
-    forward+backward); the value and gradient are the same.
+    forward+backward); the value and gradient are the same. ``logdet_offsets``: see :func:`ensemble_terms`.
 
     Without ``x_prot``/``x_clean`` the SSIM term is omitted. Returns ``(total, parts)`` with ``parts``
     holding floats: ``logdet/<name>`` (logged even when unused), ``cosine/<name>`` (of the canvas, not the
@@ -269,6 +274,7 @@ def protego_loss(
         cosine_weight=cosine_weight,
         model_weights=model_weights,
         c=c,
+        logdet_offsets=logdet_offsets,
     )
     terms, parts = ensemble_terms(prot_feats, clean_feats, **kw)
     if views:

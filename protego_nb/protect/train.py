@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..models.embed import embed_all
 from . import losses
@@ -199,11 +200,15 @@ def _batch_loss(
     ssim_weight: float,
     gen: torch.Generator,
     device: torch.device,
+    centres: Mapping[str, torch.Tensor] | None = None,
 ) -> losses.LossTerms:
     """The Protego loss of one batch as a function of the texture ``tex`` (:func:`losses.protego_loss`, the one
     loss definition; the smoothed view, when on, enters as a second view)."""
     views = _protected_views(tex, x, lm, warp, cfg, gen)
     prot, prot_blur, clean, clean_blur = _surrogate_features(models, views, clean_b, cfg, gen, device)
+    if cfg.push_target == "centre":  # every photo pushed from the user's clean centre, whatever its view
+        clean = {m: centres[m].to(prot[m]).expand_as(prot[m]) for m in prot}
+        clean_blur = {}
     tw = cfg.term_weights
     return losses.protego_loss(
         prot,
@@ -219,6 +224,7 @@ def _batch_loss(
         model_weights=cfg.model_weights,
         views={"blur": prot_blur} if views.x_blur is not None else None,
         view_clean={"blur": clean_blur} if clean_blur else None,
+        logdet_offsets=centres if cfg.logdet_relative else None,
         lazy_ssim=True,
         return_terms=True,
     )
@@ -276,6 +282,14 @@ def _log_step(
     return record
 
 
+def clean_centres(clean: Mapping[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """Per model, the user's clean centre: the mean of the L2-normalised clean embeddings of all training canvases
+    (``[D]``), when :attr:`TrainConfig.push_target` or :attr:`TrainConfig.logdet_relative` needs it."""
+    if cfg.push_target != "centre" and not cfg.logdet_relative:
+        return None
+    return {m: F.normalize(c.float(), dim=1).mean(0) for m, c in clean.items()}
+
+
 def _train_step(
     state: TrainState,
     idx: torch.Tensor,
@@ -297,7 +311,7 @@ def _train_step(
     clean_b = {m: clean[m][idx.to(clean[m].device)] for m in models}
     tex = state.texture.detach().clone().requires_grad_(True)
     weight = state.ssim_weight.weight
-    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device)
+    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, clean_centres(clean, cfg))
     grad = _texture_gradient(loss, tex, cfg, len(idx))
     state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
     record = _log_step(state.history, state.step, epoch, loss, weight)

@@ -40,7 +40,10 @@ from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, save_ppt
 
 #: Options that enter :meth:`TrainConfig.key_dict` only when switched on, so that the cache keys and checkpoints
 #: of configurations that leave them off do not depend on them.
-KEYED_WHEN_ON = ("grad_smooth", "blur_view")
+#: Targets of the cosine push (:attr:`TrainConfig.push_target`).
+PUSH_TARGETS = ("own", "centre")
+
+KEYED_WHEN_ON = ("grad_smooth", "blur_view", "push_target", "logdet_relative")
 
 
 @dataclass
@@ -98,6 +101,13 @@ class TrainConfig:
     #: ``input_diversity > 0`` or ``blur_view > 0``; False compares with the clean features of the untransformed
     #: canvas (cached once), which mixes the transform's own feature change into the push.
     consistent_clean: bool = True
+    #: What the cosine term pushes each protected embedding away from: ``"own"`` (its own clean embedding, the
+    #: authors' loss) or ``"centre"`` (the user's clean class centre: per model, the mean of the L2-normalised
+    #: clean embeddings of all training canvases; OPOM's class-centre target, Zhong & Deng TPAMI 2022).
+    push_target: str = "own"
+    #: The log-det term on embeddings measured from the user's clean centre (L2-normalised embedding minus the
+    #: centre, per model), so that scattering the protected photos cannot pull them back toward the user.
+    logdet_relative: bool = False
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -167,6 +177,8 @@ class TrainConfig:
             problems.append(f"input_diversity {self.input_diversity} is a probability, must be in [0, 1]")
         if self.grad_smooth < 0 or self.blur_view < 0:
             problems.append(f"grad_smooth {self.grad_smooth} and blur_view {self.blur_view} must be >= 0")
+        if self.push_target not in PUSH_TARGETS:
+            problems.append(f"push_target {self.push_target!r} must be one of {PUSH_TARGETS}")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if problems:

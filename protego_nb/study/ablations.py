@@ -39,6 +39,13 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
     "blur_view": ("protego", {"blur_view": 1.5}, "LowKey-style smoothed view, sigma 1.5 px"),
     "texture64": ("protego", {"texture_size": 64}, "64x64 texture (low-frequency PPT)"),
     "texture32": ("protego", {"texture_size": 32}, "32x32 texture (low-frequency PPT)"),
+    "push_centre": ("protego", {"push_target": "centre"}, "cosine push from the user's clean centre (OPOM-style)"),
+    "logdet_relative": ("protego", {"logdet_relative": True}, "log-det of embeddings seen from the clean centre"),
+    "centre_both": (
+        "protego",
+        {"push_target": "centre", "logdet_relative": True},
+        "push from the clean centre + log-det seen from it",
+    ),
     "transfer_mix": (
         "protego",
         {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
