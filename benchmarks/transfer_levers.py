@@ -8,6 +8,7 @@ per-user values (the notebook-04 layout, so :func:`protego_nb.evaluate.tables.ab
 ``ablation_paired`` read it) and the two tables as Markdown.
 
     python benchmarks/transfer_levers.py --levers push_centre logdet_relative centre_both
+    python benchmarks/transfer_levers.py --render data/results/bench/transfer_levers.json   # tables only
 """
 
 from __future__ import annotations
@@ -20,15 +21,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd  # noqa: E402
+
 from protego_nb import data, io, paths, runtime, study  # noqa: E402
 from protego_nb.evaluate import tables  # noqa: E402
 from protego_nb.protect import train as tr  # noqa: E402
 from protego_nb.report import to_markdown  # noqa: E402
 
 
+def render(rec: dict) -> str:
+    """The lever table (mean ± std over users) and each lever minus the base with its 95% paired interval."""
+    paired = tables.ablation_paired(rec, columns=("bb_2a", "bb_1a", "bb_2b", "wb_2a"))
+    per = rec["per_user"]["ablations"]
+    rows = []
+    for name in rec["params"]["ablations"]:
+        if name == "base":
+            continue
+        p = tables.paired_row(per[name]["ssim"], per["base"]["ssim"], digits=3)
+        rows.append({"ablation": name, "lever": p["a"], "base": p["b"], "lever - base [95% CI]": p["a - b [95% CI]"],
+                     "effect": p["effect"]})
+    ssim = pd.DataFrame(rows).set_index("ablation") if rows else None
+    text = to_markdown(tables.ablation_table(rec)) + "\n\n" + to_markdown(paired) + "\n"
+    if ssim is not None:
+        text += "\nMean SSIM, lever - base:\n\n" + to_markdown(ssim) + "\n"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--levers", nargs="+", required=True, choices=sorted(study.ABLATIONS))
+    ap.add_argument("--levers", nargs="+", choices=sorted(study.ABLATIONS))
+    ap.add_argument("--render", type=Path, help="only rewrite the Markdown tables of this JSON")
     ap.add_argument("--users", type=int, default=10, help="the split's first N users")
     ap.add_argument("--split", default="lfw_paper_10u")
     ap.add_argument("--surrogates", nargs="+", default=["dlib_resnet", "mobilefacenet"])
@@ -36,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default="transfer_levers")
     args = ap.parse_args(argv)
+    if args.render:
+        text = render(json.loads(args.render.read_text()))
+        io.atomic_write_text(args.render.with_suffix(".md"), text)
+        print(text)
+        return 0
+    if not args.levers:
+        ap.error("--levers or --render is needed")
     t0 = time.perf_counter()
     runtime.seed_everything(0)
     device = runtime.resolve_device("auto")
@@ -55,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                    "config": cfg.to_dict(), "split": args.split},
         "per_user": {"ablations": study.ablation_per_user(rows)},
     }
-    cols = ("bb_2a", "bb_1a", "bb_2b", "wb_2a", "ssim", "train_s")
-    text = (to_markdown(tables.ablation_table(rec)) + "\n\n"
-            + to_markdown(tables.ablation_paired(rec, columns=cols)) + "\n")
+    text = render(rec)
     out = paths.REPO_ROOT / "data" / "results" / "bench" / f"{args.out}.json"
     io.atomic_write_text(out, json.dumps(rec, indent=1))
     io.atomic_write_text(out.with_suffix(".md"), text)
