@@ -6,7 +6,7 @@ decomposition (``evaluate.transfer``) on the intruder and the surrogates; each c
 and with the SSIM floor enforced per canvas (``floor``). Paired differences with 95% bootstrap intervals over
 users (``evaluate.stats``): carrier within each loss, loss within each carrier, and floor vs raw per cell.
 
-    python benchmarks/transfer_diagnostics.py --users 5      # writes data/results/bench/transfer_diagnostics.json
+    python benchmarks/transfer_diagnostics.py --users 10 --refine 5 10 20 --out transfer_diagnostics_10u  # writes data/results/bench/transfer_diagnostics_10u.json
 """
 
 from __future__ import annotations
