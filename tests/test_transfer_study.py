@@ -121,3 +121,17 @@ def test_refining_a_ppt_starts_from_it_and_keeps_the_budget():
     with torch.no_grad():
         cos = [torch.nn.functional.cosine_similarity(m(v, fs.lm), m(fs.x, fs.lm), dim=1).mean() for v in (start, ref)]
     assert cos[1] < cos[0]  # the refinement pushes further from the clean photos
+
+
+def test_refining_a_ppt_below_the_floor_starts_from_it_scaled_to_the_floor():
+    """A PPT whose canvases miss the SSIM floor is scaled down to it first, so no photo falls back to clean."""
+    fs = _faces(8)
+    g = torch.Generator().manual_seed(5)
+    strong = torch.clamp(fs.x + torch.sign(torch.rand(fs.x.shape, generator=g) - 0.5) * EPS, 0, 1)
+    assert (per_image_ssim(strong, fs.x) < 0.95).all()
+    ppt = study.Protection("U", "protego", None, strong, list(fs.ids), None, 0.0)
+    cfg = T.TrainConfig.from_preset("ci", eps=EPS, batch_size=4)
+    for k in (0, 1):
+        out, _ = transfer_study.refine_ppt(ppt, fs, MODELS, cfg, k=k, lr=0.01)
+        s = per_image_ssim(out, fs.x)
+        assert (s >= 0.95).all() and (s < 0.999).all(), (k, s)  # at the floor, not the clean photo

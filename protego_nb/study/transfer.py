@@ -220,12 +220,17 @@ def refine_ppt(
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, float]:
     """Lever 8a: the PPT-protected canvases of ``faces`` refined by ``k`` per-photo Protego-loss steps of ``lr``
-    (:func:`protego_per_image` from ``ppt.protected``, same bound and floor). Returns ``(canvases, seconds)``."""
+    (:func:`protego_per_image`, same bound and floor). The steps start from the PPT canvases with the SSIM floor
+    enforced (:func:`protego_nb.protect.ssim_floor.enforce_ssim_floor`), so the start itself is a valid
+    protection and ``k = 0`` returns it. Returns ``(canvases, seconds)``."""
+    from ..protect.ssim_floor import enforce_ssim_floor
+
     if list(ppt.ids) != list(faces.ids):
         raise ValueError("the PPT protection and the faces must list the same photos in the same order")
     t0 = time.perf_counter()
+    start, _ = enforce_ssim_floor(faces.x, ppt.protected, cfg.min_ssim)
     out = protego_per_image(faces, surrogates, cfg.eps, cfg.min_ssim, device, steps=int(k), lr=lr,
-                            batch_size=cfg.batch_size, start=ppt.protected)
+                            batch_size=cfg.batch_size, start=start)
     return out, time.perf_counter() - t0
 
 
