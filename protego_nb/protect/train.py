@@ -302,6 +302,7 @@ def _train_step(
     cfg: TrainConfig,
     gen: torch.Generator,
     device: torch.device,
+    centres: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One optimisation step on the canvases ``idx``: loss, gradient, signed step, history record, then the
     SSIM weight's update from the batch SSIM. Updates ``state``; returns the step's record."""
@@ -311,7 +312,7 @@ def _train_step(
     clean_b = {m: clean[m][idx.to(clean[m].device)] for m in models}
     tex = state.texture.detach().clone().requires_grad_(True)
     weight = state.ssim_weight.weight
-    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, clean_centres(clean, cfg))
+    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres)
     grad = _texture_gradient(loss, tex, cfg, len(idx))
     state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
     record = _log_step(state.history, state.step, epoch, loss, weight)
@@ -365,6 +366,7 @@ def train_ppt(
 
     t0 = time.perf_counter()
     clean = embed_all(models, canvases, landmarks, cfg.batch_size, device) if state.step < total_steps else {}
+    centres = clean_centres(clean, cfg) if clean else None  # once per run, from every training canvas
     clean_seconds = time.perf_counter() - t0
     pbar = tqdm(total=total_steps, initial=state.step, disable=not progress, desc="PPT", leave=False)
     while state.step < total_steps:
@@ -372,7 +374,7 @@ def train_ppt(
         if k == 0:  # a new epoch: file order, or a fresh shuffle
             state.perm = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
         idx = state.perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-        record = _train_step(state, idx, epoch, models, clean, canvases, landmarks, warps, cfg, gen, device)
+        record = _train_step(state, idx, epoch, models, clean, canvases, landmarks, warps, cfg, gen, device, centres)
         pbar.update(1)
         pbar.set_postfix(loss=f"{record['total']:.3f}", ssim=f"{record['ssim']:.3f}", refresh=False)
         if ckpt is not None and state.step % cfg.checkpoint_every == 0 and state.step < total_steps:

@@ -5,6 +5,15 @@ Importing this package registers the texture methods trained by :func:`protego_n
 The peers with their own optimisers (:mod:`.opom`, :mod:`.fawkes`, :mod:`.lowkey`) are registered by
 :func:`register_baselines`, which binds their settings and Fawkes' explicit target pool.
 
+Every method runs under Protego's budget: the L-inf bound ``eps`` (default 16/255) and the SSIM floor
+(0.95; SSIM as :func:`protego_nb.protect.losses.ssim`, kornia's Gaussian-window SSIM) - the peers' own
+constraints are replaced by these two so that the recall tables compare methods at equal visibility.
+The objectives, update rules and hyper-parameters follow ``reference/protego_method.md`` section 5.
+
+The per-image methods (Fawkes-, LowKey-style) work in batches (``batch_size`` 16) and return, for each image, the best iterate
+(closest to the target / farthest from clean) among those meeting the SSIM floor; the clean image itself
+counts, so the floor holds for every returned image. :func:`register_baselines` registers them; its ``steps`` sets the per-image step budget.
+
 To add a method: write ``protect/methods/<name>.py`` with its function and a :class:`Method`, register it
 (here, or from the caller), and list its name in a profile's ``METHODS``.
 """

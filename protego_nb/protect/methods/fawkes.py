@@ -11,14 +11,8 @@ Fawkes' ``(1 - tanh^2) / 2`` (their tanh spans [0, 1]), which keeps the modes' l
 step count and learning rate; the DSSIM threshold defaults to the study's floor, ``th = (1 - min_ssim) / 2``
 (0.025), not the mode's (pass ``dssim_threshold`` for it). The ensemble average replaces Fawkes' sum.
 
-Every method runs under Protego's budget: the L-inf bound ``eps`` (default 16/255) and the SSIM floor
-(0.95; SSIM as :func:`protego_nb.protect.losses.ssim`, kornia's Gaussian-window SSIM) - the peers' own
-constraints are replaced by these two so that the recall tables compare methods at equal visibility.
-The objectives, update rules and hyper-parameters follow ``reference/protego_method.md`` section 5.
-
-Both per-image methods work in batches (``batch_size`` 16) and return, for each image, the best iterate
-(closest to the target / farthest from clean) among those meeting the SSIM floor; the clean image itself
-counts, so the floor holds for every returned image. :func:`protego_nb.protect.methods.register_baselines` registers them; its ``steps`` sets the per-image step budget.
+The common budget (L-inf bound and SSIM floor) and the per-image methods' "best iterate at the floor" rule: see
+:mod:`protego_nb.protect.methods`.
 """
 
 from __future__ import annotations

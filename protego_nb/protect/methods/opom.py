@@ -16,10 +16,8 @@ SSIM hinge with the dynamic weight (:class:`~protego_nb.protect.losses.DynamicSS
 that the SSIM floor matches the Protego-family methods. Epochs, batch size and step size come from the
 study's :class:`~protego_nb.protect.train.TrainConfig`, as for the Chameleon-style baseline.
 
-Every method runs under Protego's budget: the L-inf bound ``eps`` (default 16/255) and the SSIM floor
-(0.95; SSIM as :func:`protego_nb.protect.losses.ssim`, kornia's Gaussian-window SSIM) - the peers' own
-constraints are replaced by these two so that the recall tables compare methods at equal visibility.
-The objectives, update rules and hyper-parameters follow ``reference/protego_method.md`` section 5.
+The common budget (L-inf bound and SSIM floor): see
+:mod:`protego_nb.protect.methods`.
 """
 
 from __future__ import annotations
