@@ -275,3 +275,22 @@ def test_prop_cosine_in_range(n, d, seed):
     v = L.cosine_term(a, b).item()
     assert -1.0 - 1e-6 <= v <= 1.0 + 1e-6
     assert L.cosine_term(a, a).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_shift_diversity_term_is_the_mean_cosine_between_shifts_of_different_textures():
+    clean = torch.tensor([[1.0, 0.0, 0.0]] * 4)
+    prot = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [1.0, -1.0, 0.0], [1.0, 0.0, 1.0]])
+    ids = torch.tensor([0, 1, 2, 2])
+    r = 2 ** -0.5
+    shifts = np.array([[r - 1, r, 0], [r - 1, r, 0], [r - 1, -r, 0], [r - 1, 0, r]])
+    shifts /= np.linalg.norm(shifts, axis=1, keepdims=True)
+    cos = shifts @ shifts.T
+    want = np.mean([cos[i, j] for i in range(4) for j in range(4) if ids[i] != ids[j]])
+    got = L.shift_diversity_term(prot, clean, ids)
+    assert float(got) == pytest.approx(want, abs=1e-6) and float(cos[0, 1]) == pytest.approx(1.0)
+    assert L.shift_diversity_term(prot, clean, torch.zeros(4, dtype=torch.long)) is None
+    terms, values = L.ensemble_terms({"m": prot}, {"m": clean}, texture_ids=ids, diversity_weight=2.0)
+    div = [(w, v) for k, w, v in terms if k == "diversity/m"]
+    assert len(div) == 1 and div[0][0] == 2.0 and torch.isclose(div[0][1], got)
+    assert values["diversity/m"] == pytest.approx(float(got))
+    assert not any(k.startswith("diversity") for k, _, _ in L.ensemble_terms({"m": prot}, {"m": clean})[0])

@@ -448,3 +448,23 @@ def test_ssim_floor_scales_each_face_until_its_canvas_meets_it(prot):
     assert np.array_equal(loose.apply_floor(canvases, deltas), deltas)  # already above: unchanged
     with pytest.raises(ValueError, match="ssim_floor"):
         media.Protector(prot.texture, prot.meta, detector=prot.detector, ssim_floor=1.5)
+
+
+def test_a_ppt_of_several_textures_protects_each_photo_with_the_texture_its_pixels_choose(prot):
+    """K textures: a photo is protected with texture_choice(its pixels); one texture: always the PPT's."""
+    img = lfw_img(OWNER, 1)
+    assert prot.texture_for(img.tobytes()) is prot.texture
+    tex = texture.init_texture(EPS, torch.Generator().manual_seed(5), count=3)
+    multi = media.Protector(tex, dict(prot.meta), detector=prot.detector)
+    out = multi.protect_array(img)
+    assert out.n_protected == 1 and not np.array_equal(out.image, img)
+    chosen = multi.texture_for(img.tobytes())
+    assert chosen.shape == (1, 3, tex.shape[-1], tex.shape[-1])
+    assert any(torch.equal(chosen, tex[k : k + 1]) for k in range(3))
+    # the same pixels always choose the same texture, and the photo is protected with exactly that texture
+    assert torch.equal(multi.texture_for(img.tobytes()), chosen)
+    single = media.Protector(chosen, dict(prot.meta), detector=prot.detector)
+    assert np.array_equal(single.protect_array(img).image, out.image)
+    picks = {int(texture.texture_choice([__import__("hashlib").sha256(lfw_img(OWNER, k).tobytes()).digest()], 3)[0])
+             for k in (1, 2, 3, 4)}
+    assert len(picks) > 1  # different photos are spread over the textures

@@ -56,6 +56,23 @@ def test_run_method_caches_and_bounds(setup, tmp_cache):
     assert (c.protected - faces[u].x).abs().masked_select(outside.expand_as(c.protected)).max() > 0
 
 
+def test_several_textures_protect_each_image_with_the_texture_its_id_chooses(setup, tmp_cache):
+    from protego_nb.protect import texture as X
+
+    split, faces, _, sur = setup
+    u = "Colin_Powell"
+    cfg = tr.TrainConfig.from_preset("ci", epochs=1, n_textures=3)
+    p = study.run_method("protego", u, faces[u].take(split.users[u].train), faces[u], sur, cfg)
+    assert p.texture.shape[0] == 3
+    choice = X.texture_choice(faces[u].ids, 3)
+    assert len(set(choice.tolist())) > 1
+    warp = faces[u].warp("uv")
+    for i in range(len(faces[u])):
+        k = int(choice[i])
+        one = X.apply_texture(faces[u].x[i : i + 1], warp.select([i]), p.texture[k : k + 1], cfg.eps)
+        assert torch.equal(p.protected[i : i + 1], one)
+
+
 def test_evaluate_rows(setup, tmp_cache):
     split, faces, dis, sur = setup
     cfg = tr.TrainConfig.from_preset("ci", epochs=1)

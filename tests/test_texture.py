@@ -128,7 +128,7 @@ def test_apply_texture_errors():
     canv = torch.rand(2, 3, 8, 8)
     with pytest.raises(ValueError, match="serves 3"):
         X.apply_texture(canv, X.FlatWarp(3, 8, 8), torch.zeros(1, 3, 8, 8), EPS)
-    with pytest.raises(ValueError, match=r"\[1, 3, T, T\]"):
+    with pytest.raises(ValueError, match=r"\[K, 3, T, T\]"):
         X.apply_texture(canv, X.FlatWarp(2, 8, 8), torch.zeros(3, 8, 8), EPS)
 
 
@@ -175,8 +175,8 @@ def _write(path, tensors, meta=None):
     [
         ({"ppt": torch.zeros(1, 3, 4, 4)}, {}, "lacks 'epsilon'"),
         ({"mask": torch.zeros(1, 3, 4, 4)}, {"epsilon": "0.06"}, "exactly one tensor named 'ppt'"),
-        ({"ppt": torch.zeros(3, 4, 4)}, {"epsilon": "0.06"}, r"shape \[1, 3, T, T\]"),
-        ({"ppt": torch.zeros(1, 3, 4, 5)}, {"epsilon": "0.06"}, r"shape \[1, 3, T, T\]"),
+        ({"ppt": torch.zeros(3, 4, 4)}, {"epsilon": "0.06"}, r"shape \[K, 3, T, T\]"),
+        ({"ppt": torch.zeros(1, 3, 4, 5)}, {"epsilon": "0.06"}, r"shape \[K, 3, T, T\]"),
         ({"ppt": torch.zeros(1, 3, 4, 4, dtype=torch.float64)}, {"epsilon": "0.06"}, "float32"),
         ({"ppt": torch.full((1, 3, 4, 4), float("inf"))}, {"epsilon": "0.06"}, "NaN or inf"),
         ({"ppt": torch.full((1, 3, 4, 4), 0.1)}, {"epsilon": "0.06"}, "exceeds its bound"),

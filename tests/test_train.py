@@ -316,13 +316,75 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     cfg = T.TrainConfig.from_preset("paper")
     key = cfg.key_dict()
     assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
-    later = ("grad_smooth", "blur_view", "consistent_clean", "push_target", "logdet_relative")
+    later = ("grad_smooth", "blur_view", "consistent_clean", "push_target", "logdet_relative", "n_textures",
+             "texture_diversity")
     assert {k: v for k, v in cfg.to_dict().items() if k not in later} == key
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
     assert cfg.replace(grad_smooth=2.0).key_dict()["grad_smooth"] == 2.0
     assert cfg.replace(push_target="centre").key_dict()["push_target"] == "centre"
     assert cfg.replace(logdet_relative=True).key_dict()["logdet_relative"] is True
+    assert cfg.replace(n_textures=4).key_dict()["n_textures"] == 4
+
+
+# ---------------------------------------------------------------- several textures per user (lever 8b)
+
+
+def test_texture_assignment_spreads_a_batch_evenly_and_draws_nothing_for_one_texture():
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert T.texture_assignment(4, 1, g) is None and torch.equal(g.get_state(), state)
+    seen = set()
+    for _ in range(20):
+        a = T.texture_assignment(6, 4, g)
+        counts = torch.bincount(a, minlength=4)
+        assert a.shape == (6,) and int(counts.max()) - int(counts.min()) <= 1
+        seen.add(tuple(a.tolist()))
+    assert len(seen) > 5  # redrawn every step
+
+
+def test_several_textures_train_apart_and_the_diversity_term_turns_their_shifts_apart():
+    c, lm, w = _data()
+    with pytest.raises(ValueError, match="texture_diversity"):
+        _cfg(texture_diversity=1.0).validate()
+    runs = {}
+    for div in (0.0, 5.0):
+        r = T.train_ppt(c, lm, w, MODELS, _cfg(epochs=6, n_textures=3, texture_diversity=div), progress=False)
+        assert r.texture.shape == (3, 3, S, S) and r.texture.abs().max() <= torch.tensor(r.config.eps)
+        assert not torch.equal(r.texture[0], r.texture[1])
+        assert ("diversity/a" in r.history) == (div > 0)
+        runs[div] = r
+
+    def shift_cos(texture):  # mean cosine between the shifts that different textures give the same canvases
+        with torch.no_grad():
+            clean = MODELS[0](c, lm)
+            shifts = []
+            for k in range(3):
+                z = MODELS[0](X.apply_texture(c, w, texture[k : k + 1], runs[0.0].config.eps), lm)
+                shifts.append(torch.nn.functional.normalize(
+                    torch.nn.functional.normalize(z, dim=1) - torch.nn.functional.normalize(clean, dim=1), dim=1))
+            return float(sum((shifts[i] * shifts[j]).sum(1).mean() for i, j in ((0, 1), (0, 2), (1, 2))) / 3)
+
+    assert shift_cos(runs[5.0].texture) < shift_cos(runs[0.0].texture)
+
+
+def test_a_ppt_of_several_textures_protects_each_canvas_with_its_chosen_texture(tmp_path):
+    c, lm, w = _data(n=6)
+    eps = 16 / 255
+    tex = X.init_texture(eps, torch.Generator().manual_seed(1), S, count=3)
+    with pytest.raises(ValueError, match="say which"):
+        X.apply_texture(c, w, tex, eps)
+    choice = X.texture_choice([f"img{i}" for i in range(6)], 3)
+    assert torch.equal(choice, X.texture_choice([f"img{i}" for i in range(6)], 3))  # stable
+    out = X.apply_texture(c, w, tex, eps, choice)
+    for i in range(6):
+        one = X.apply_texture(c[i : i + 1], w.select([i]), tex[int(choice[i]) : int(choice[i]) + 1], eps)
+        assert torch.equal(out[i : i + 1], one)
+    path = X.save_ppt(tmp_path / "k3.ppt", tex, {"epsilon": eps})
+    back, meta = X.load_ppt(path)
+    assert torch.equal(back, tex) and meta["n_textures"] == 3
+    flat = X.FlatWarp.for_canvases(c)
+    assert torch.equal(X.apply_texture(c, flat, tex, eps, choice)[0], (c[0] + tex[int(choice[0])]).clamp(0, 1))
 
 
 # ---------------------------------------------------------------- the user's clean centre

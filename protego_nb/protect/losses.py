@@ -44,6 +44,7 @@ __all__ = [
     "gram_logdet",
     "logdet_term",
     "protego_loss",
+    "shift_diversity_term",
     "ssim",
     "ssim_hinge",
 ]
@@ -101,6 +102,27 @@ def cosine_term(prot: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     if prot.shape != clean.shape or prot.dim() != 2:
         raise ValueError(f"embeddings must both be [N, D]; got {tuple(prot.shape)} and {tuple(clean.shape)}")
     return F.cosine_similarity(prot, clean.detach().to(prot.dtype), dim=1).mean()
+
+
+def shift_diversity_term(prot: torch.Tensor, clean: torch.Tensor, texture_ids: torch.Tensor) -> torch.Tensor | None:
+    """Mean cosine similarity between the embedding shifts of canvases that carry *different* textures.
+
+    The shift of canvas ``i`` is ``normalize(prot_i) - normalize(clean_i)`` (``clean`` constant). Minimising the
+    term turns the shifts of photos protected by different textures apart, so that a user's protected photos do
+    not all move the same way (a shared shift leaves them matching each other). ``None`` when no two canvases
+    carry different textures (nothing to compare)."""
+    if prot.shape != clean.shape or prot.dim() != 2 or texture_ids.shape != (prot.shape[0],):
+        raise ValueError(
+            f"need [N, D] embeddings and [N] texture ids; got {tuple(prot.shape)}, {tuple(clean.shape)}, "
+            f"{tuple(texture_ids.shape)}"
+        )
+    ids = texture_ids.to(prot.device)
+    pairs = ids[:, None] != ids[None, :]
+    if not bool(pairs.any()):
+        return None
+    shift = F.normalize(prot, dim=1) - F.normalize(clean.detach().to(prot.dtype), dim=1)
+    shift = F.normalize(shift, dim=1, eps=1e-12)
+    return (shift @ shift.T)[pairs].mean()
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -166,6 +188,8 @@ def ensemble_terms(
     model_weights: Mapping[str, float] | None = None,
     c: float = GRAM_C,
     logdet_offsets: Mapping[str, torch.Tensor] | None = None,
+    texture_ids: torch.Tensor | None = None,
+    diversity_weight: float = 0.0,
 ) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
     """The feature terms of the Protego loss, one per model and kind, with their weights.
 
@@ -175,7 +199,9 @@ def ensemble_terms(
     terms are left out when ``use_logdet`` is False. ``values`` holds every term's value as a float,
     the log-det ones too when they are not used (so a baseline's spread can still be logged).
     ``logdet_offsets[name]`` (``[D]``): the log-det is taken of ``normalize(z) - offset`` (the embeddings seen
-    from that point, e.g. the user's clean centre) instead of ``z``.
+    from that point, e.g. the user's clean centre) instead of ``z``. ``texture_ids`` (``[N]``, which texture each
+    canvas carries) with ``diversity_weight > 0``: a ``diversity/<name>`` term per model
+    (:func:`shift_diversity_term`), left out when every canvas carries the same texture.
     """
     if not isinstance(prot_feats, Mapping):
         prot_feats = {f"model{i}": v for i, v in enumerate(prot_feats)}
@@ -207,6 +233,11 @@ def ensemble_terms(
             with torch.no_grad():
                 ld = logdet_term(zl.detach(), form=logdet_form, c=c)
         values[f"logdet/{name}"] = float(ld.detach())
+        if diversity_weight > 0 and texture_ids is not None:
+            div = shift_diversity_term(zp, clean_feats[name], texture_ids)
+            if div is not None:
+                terms.append((f"diversity/{name}", diversity_weight * share, div))
+                values[f"diversity/{name}"] = float(div.detach())
     return terms, values
 
 
@@ -244,6 +275,8 @@ def protego_loss(
     views: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     view_clean: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     logdet_offsets: Mapping[str, torch.Tensor] | None = None,
+    texture_ids: torch.Tensor | None = None,
+    diversity_weight: float = 0.0,
     lazy_ssim: bool = False,
     return_terms: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]] | LossTerms:
@@ -261,7 +294,8 @@ def protego_loss(
     view); a view without one is compared with ``clean_feats``.
     ``lazy_ssim``: compute SSIM without autograd first and build the hinge's graph only at or below the
     floor (above it the hinge and its gradient are exactly zero, and a no-grad SSIM is cheaper than SSIM
-    forward+backward); the value and gradient are the same. ``logdet_offsets``: see :func:`ensemble_terms`.
+    forward+backward); the value and gradient are the same. ``logdet_offsets``, ``texture_ids`` and
+    ``diversity_weight`` (several textures per user): see :func:`ensemble_terms`.
 
     Without ``x_prot``/``x_clean`` the SSIM term is omitted. Returns ``(total, parts)`` with ``parts``
     holding floats: ``logdet/<name>`` (logged even when unused), ``cosine/<name>`` (of the canvas, not the
@@ -275,6 +309,8 @@ def protego_loss(
         model_weights=model_weights,
         c=c,
         logdet_offsets=logdet_offsets,
+        texture_ids=texture_ids,
+        diversity_weight=diversity_weight,
     )
     terms, parts = ensemble_terms(prot_feats, clean_feats, **kw)
     if views:

@@ -45,6 +45,7 @@ smoothed with a One-Euro filter (``smoothing``; :mod:`protego_nb.protect.trackin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any
@@ -73,7 +74,9 @@ class Protector:
     """Protect photos and videos with one PPT (see the module docstring for every step and option).
 
     ``texture`` ``[1, 3, T, T]`` and ``meta`` as returned by :func:`protego_nb.protect.texture.load_ppt`
-    (or use :meth:`from_file`). ``eps`` defaults to the PPT's ``epsilon`` and may only be lowered.
+    (or use :meth:`from_file`). ``eps`` defaults to the PPT's ``epsilon`` and may only be lowered. A PPT of
+    several textures (``[K, 3, T, T]``) protects each photo with the one :func:`~protego_nb.protect.texture.
+    texture_choice` picks from its decoded pixels, and every frame of a video with the one its first frame picks.
     """
 
     def __init__(
@@ -218,16 +221,29 @@ class Protector:
         return detect_faces(img, self.detector_kind, self.detector, self._blazeface, self.detect_short_side,
                             self.min_prob)
 
-    def perturbations(self, vertices: np.ndarray) -> np.ndarray:
-        """Canvas-space perturbations ``float32 [n, S, S, 3]`` for meshes ``[n, 468, 3]`` (canvas pixels)."""
+    def texture_for(self, key: bytes) -> torch.Tensor:
+        """The texture ``[1, 3, T, T]`` that protects the photo or video identified by ``key`` (its decoded pixels):
+        the PPT's only texture, or the one :func:`~protego_nb.protect.texture.texture_choice` picks."""
+        from .texture import texture_choice, texture_count
+
+        k = texture_count(self.texture)
+        if k == 1:
+            return self.texture
+        i = int(texture_choice([hashlib.sha256(key).digest()], k)[0])
+        return self.texture[i : i + 1]
+
+    def perturbations(self, vertices: np.ndarray, texture: torch.Tensor | None = None) -> np.ndarray:
+        """Canvas-space perturbations ``float32 [n, S, S, 3]`` for meshes ``[n, 468, 3]`` (canvas pixels), with
+        ``texture`` (one ``[1, 3, T, T]``; default the PPT's, which must then hold a single texture)."""
         from ..faces.uv import rasterize_uv
-        from .texture import UVWarp
+        from .texture import UVWarp, select_textures
 
         uv468, tri = self._uv_tables()
         uvm = rasterize_uv(vertices, tri, uv468, size=align.CANVAS_SIZE, canvas_size=align.CANVAS_SIZE,
                            device=self.device)
+        tex = select_textures(self.texture, None) if texture is None else texture
         with torch.no_grad():
-            delta = UVWarp.from_uvmap(uvm).perturbation(self.texture, self.eps)
+            delta = UVWarp.from_uvmap(uvm).perturbation(tex, self.eps)
         return delta.permute(0, 2, 3, 1).cpu().numpy()
 
     def apply_floor(self, canvases: list[np.ndarray], deltas: np.ndarray,
@@ -265,7 +281,7 @@ class Protector:
         if not keep:
             return FrameResult(img, outcomes, timings, notes)
         t = time.perf_counter()
-        deltas = self.perturbations(res.vertices[res.ok])
+        deltas = self.perturbations(res.vertices[res.ok], self.texture_for(np.ascontiguousarray(img).tobytes()))
         timings["uv_raster"] = time.perf_counter() - t
         deltas = self.apply_floor([canv[k][0] for k in keep], deltas, timings)
         t = time.perf_counter()

@@ -1,7 +1,8 @@
 """The Privacy Protection Texture (PPT): init, warps onto canvases, apply, and the ``.ppt`` safetensors file.
 
 A PPT is one float32 tensor ``[1, 3, T, T]`` with values in ``[-eps, eps]`` (``T = 224`` as the authors'
-``mask_size``). It is put on a batch of face canvases by a *warp*, any object with
+``mask_size``); a PPT of several textures (``[K, 3, T, T]``, the ``n_textures`` training option, beyond the
+paper) protects each photo with one of them, chosen by :func:`texture_choice` from the photo's id or bytes. It is put on a batch of face canvases by a *warp*, any object with
 
 * ``len(warp)`` - the number of canvases it serves,
 * ``warp.perturbation(texture, eps) -> [B, 3, H, W]`` - the additive perturbation,
@@ -25,9 +26,10 @@ The file format: safetensors (never pickle) with one tensor ``"ppt"`` and string
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -57,7 +59,7 @@ PPT_FORMAT = "protego_nb.ppt/1"
 #: Values may exceed the bound by float round-off only.
 _BOUND_TOL = 1e-6
 #: Metadata keys decoded from their string form on load (others stay strings).
-_TYPED_KEYS = {"epsilon": float, "texture_size": int, "seed": int, "steps": int, "surrogates": list}
+_TYPED_KEYS = {"epsilon": float, "texture_size": int, "n_textures": int, "seed": int, "steps": int, "surrogates": list}
 
 
 @runtime_checkable
@@ -74,9 +76,44 @@ class Warp(Protocol):
 
 
 def _check_texture(texture: torch.Tensor) -> None:
-    if not isinstance(texture, torch.Tensor) or texture.dim() != 4 or texture.shape[:2] != (1, 3):
+    if not isinstance(texture, torch.Tensor) or texture.dim() != 4 or texture.shape[1] != 3 or texture.shape[0] < 1:
         shape = tuple(texture.shape) if isinstance(texture, torch.Tensor) else type(texture).__name__
-        raise ValueError(f"a PPT must be a tensor [1, 3, T, T]; got {shape}")
+        raise ValueError(f"a PPT must be a tensor [K, 3, T, T] (K = 1 texture, or K per-photo textures); got {shape}")
+
+
+def texture_count(texture: torch.Tensor) -> int:
+    """How many textures a PPT holds (``K`` of ``[K, 3, T, T]``; 1 for the paper's single texture)."""
+    return int(texture.shape[0])
+
+
+def texture_choice(keys: Sequence[str | bytes], count: int) -> torch.Tensor:
+    """Which of ``count`` textures protects each photo: ``sha256(key) mod count`` (``[B]`` long).
+
+    A stable choice (the same photo gets the same texture on every run and machine) that spreads a user's photos
+    evenly over the textures; ``keys`` are the photos' ids (study) or their file contents (CLI)."""
+    if count < 1:
+        raise ValueError(f"the texture count must be >= 1, got {count}")
+    out = []
+    for key in keys:
+        raw = key if isinstance(key, bytes) else str(key).encode()
+        out.append(int.from_bytes(hashlib.sha256(raw).digest()[:8], "little") % count)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def select_textures(texture: torch.Tensor, choice: torch.Tensor | Sequence[int] | None) -> torch.Tensor:
+    """The texture of each canvas: ``texture`` itself for one texture (``K = 1``, ``choice`` ignored), else
+    ``texture[choice]`` ``[B, 3, T, T]``; a PPT of several textures needs a ``choice``."""
+    _check_texture(texture)
+    if texture_count(texture) == 1:
+        return texture
+    if choice is None:
+        raise ValueError(
+            f"this PPT holds {texture_count(texture)} textures: say which protects each canvas (texture_choice)"
+        )
+    choice = torch.as_tensor(choice, dtype=torch.long, device=texture.device)
+    if choice.numel() and (int(choice.min()) < 0 or int(choice.max()) >= texture_count(texture)):
+        raise ValueError(f"texture choice out of range 0..{texture_count(texture) - 1}: {choice.tolist()}")
+    return texture.index_select(0, choice)
 
 
 class UVWarp:
@@ -150,7 +187,11 @@ class FlatWarp:
         _check_texture(texture)
         if texture.shape[-2:] != (self.height, self.width):
             texture = F.interpolate(texture, size=(self.height, self.width), mode="bilinear", align_corners=False)
-        delta = torch.clamp(texture, -eps, eps).expand(self.batch, -1, -1, -1)
+        delta = torch.clamp(texture, -eps, eps)
+        if delta.shape[0] == 1:
+            delta = delta.expand(self.batch, -1, -1, -1)
+        elif delta.shape[0] != self.batch:
+            raise ValueError(f"texture batch {delta.shape[0]} must be 1 or match the canvases' batch {self.batch}")
         if self.mask is not None:
             delta = delta * self.mask.to(device=texture.device, dtype=texture.dtype)
         return delta
@@ -171,15 +212,18 @@ def init_texture(
     generator: torch.Generator | None = None,
     size: int = DEFAULT_TEXTURE_SIZE,
     device: str | torch.device = "cpu",
+    count: int = 1,
 ) -> torch.Tensor:
-    """A fresh PPT ``U(-eps, eps)`` ``[1, 3, size, size]`` float32, as the authors (``(rand - 0.5) * eps / 0.5``).
+    """A fresh PPT ``U(-eps, eps)`` ``[count, 3, size, size]`` float32, as the authors (``(rand - 0.5) * eps / 0.5``).
 
     Drawn on the CPU with ``generator`` (the authors seed it with 114), then moved to ``device``, so a
-    seed gives the same texture on every device.
+    seed gives the same texture on every device; ``count`` > 1: several textures (one drawn per photo).
     """
     if not eps > 0:
         raise ValueError(f"epsilon must be > 0, got {eps}")
-    u = torch.rand((1, 3, size, size), generator=generator, dtype=torch.float32)
+    if count < 1:
+        raise ValueError(f"the texture count must be >= 1, got {count}")
+    u = torch.rand((count, 3, size, size), generator=generator, dtype=torch.float32)
     return ((u - 0.5) * (eps / 0.5)).to(device)
 
 
@@ -188,13 +232,25 @@ def perturbation(warp: Warp, texture: torch.Tensor, eps: float) -> torch.Tensor:
     return warp.perturbation(texture, eps)
 
 
-def apply_texture(canvas: torch.Tensor, warp: Warp, texture: torch.Tensor, eps: float) -> torch.Tensor:
-    """Protected canvases ``clamp(canvas + perturbation, 0, 1)``; ``canvas`` ``[B, 3, H, W]`` in ``[0, 1]``."""
+def apply_texture(
+    canvas: torch.Tensor,
+    warp: Warp,
+    texture: torch.Tensor,
+    eps: float,
+    choice: torch.Tensor | Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Protected canvases ``clamp(canvas + perturbation, 0, 1)``; ``canvas`` ``[B, 3, H, W]`` in ``[0, 1]``.
+
+    ``choice`` (``[B]``): which texture protects each canvas, for a PPT of several textures
+    (:func:`select_textures`)."""
     if canvas.dim() != 4 or canvas.shape[1] != 3:
         raise ValueError(f"canvases must be [B, 3, H, W], got {tuple(canvas.shape)}")
     if len(warp) != canvas.shape[0]:
         raise ValueError(f"the warp serves {len(warp)} canvases but {canvas.shape[0]} were given")
-    delta = warp.perturbation(texture.to(device=canvas.device, dtype=canvas.dtype), eps)
+    if texture_count(texture) > 1 and choice is not None and len(choice) != canvas.shape[0]:
+        raise ValueError(f"the texture choice names {len(choice)} canvases but {canvas.shape[0]} were given")
+    texture = select_textures(texture.to(device=canvas.device, dtype=canvas.dtype), choice)
+    delta = warp.perturbation(texture, eps)
     if delta.shape != canvas.shape:
         raise ValueError(f"perturbation shape {tuple(delta.shape)} does not match the canvases {tuple(canvas.shape)}")
     return torch.clamp(canvas + delta, 0.0, 1.0)
@@ -240,10 +296,11 @@ def save_ppt(path: str | os.PathLike, texture: torch.Tensor, meta: Mapping[str, 
         "format": PPT_FORMAT,
         "mode": mode,
         "texture_size": int(tex.shape[-1]),
+        "n_textures": int(tex.shape[0]),
         "package_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    full.update({k: v for k, v in meta.items() if k not in ("format", "texture_size")})
+    full.update({k: v for k, v in meta.items() if k not in ("format", "texture_size", "n_textures")})
     full["epsilon"] = eps
     strmeta = {str(k): _meta_to_str(v) for k, v in full.items()}
     data = save({"ppt": tex}, metadata=strmeta)
@@ -257,10 +314,11 @@ class PPTFileError(ValueError):
 
 
 def load_ppt(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.Tensor, dict[str, Any]]:
-    """Read and validate a PPT file; returns ``(texture [1, 3, T, T] float32, meta)``.
+    """Read and validate a PPT file; returns ``(texture [K, 3, T, T] float32, meta)`` (``K = 1``: the paper's
+    single texture; ``K > 1``: several textures, one chosen per photo by :func:`texture_choice`).
 
     Checks: the file exists and is safetensors (no pickle is ever read), it holds exactly a ``"ppt"``
-    tensor of shape ``[1, 3, T, T]`` and dtype float32, all finite, within ``epsilon`` from the metadata,
+    tensor of shape ``[K, 3, T, T]`` and dtype float32, all finite, within ``epsilon`` from the metadata,
     and ``T`` matches ``texture_size``. ``meta`` has ``epsilon`` (float), ``texture_size``/``seed``/``steps``
     (int), ``surrogates`` (list) decoded; other values are strings. Raises :class:`PPTFileError` naming
     the file and the reason.
@@ -284,8 +342,8 @@ def load_ppt(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
     tex = tensors["ppt"]
     if tex.dtype != torch.float32:
         raise PPTFileError(f"{p}: the texture must be float32, found {tex.dtype}")
-    if tex.dim() != 4 or tex.shape[:2] != (1, 3) or tex.shape[2] != tex.shape[3]:
-        raise PPTFileError(f"{p}: the texture must have shape [1, 3, T, T], found {tuple(tex.shape)}")
+    if tex.dim() != 4 or tex.shape[0] < 1 or tex.shape[1] != 3 or tex.shape[2] != tex.shape[3]:
+        raise PPTFileError(f"{p}: the texture must have shape [K, 3, T, T], found {tuple(tex.shape)}")
     if not torch.isfinite(tex).all():
         raise PPTFileError(f"{p}: the texture holds NaN or inf values")
     if "epsilon" not in strmeta:
@@ -308,6 +366,8 @@ def load_ppt(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
         raise PPTFileError(f"{p}: texture exceeds its bound: max |value| {peak:.6g} > epsilon {eps:.6g}")
     if "texture_size" in meta and meta["texture_size"] != tex.shape[-1]:
         raise PPTFileError(f"{p}: metadata texture_size {meta['texture_size']} != tensor size {tex.shape[-1]}")
+    if "n_textures" in meta and meta["n_textures"] != tex.shape[0]:
+        raise PPTFileError(f"{p}: metadata n_textures {meta['n_textures']} != tensor count {tex.shape[0]}")
     if meta.get("mode", "uv") not in ("uv", "flat"):
         raise PPTFileError(f"{p}: mode must be 'uv' or 'flat', found {meta['mode']!r}")
     return tex.to(device), meta

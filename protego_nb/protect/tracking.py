@@ -85,6 +85,7 @@ class VideoTracker:
         self.tracks: list[_Track] = []
         self.frame_index = 0
         self.detections = 0
+        self.texture = None  # the PPT texture of this video: chosen from its first frame (Protector.texture_for)
 
     def _new_mesh(self):
         from mediapipe.python.solutions import face_mesh
@@ -131,6 +132,8 @@ class VideoTracker:
         """Protect one frame shown ``dt`` seconds after the previous one; returns ``(frame out, faces protected)``."""
         if dt is not None:
             self.dt = float(dt)
+        if self.texture is None:
+            self.texture = self.p.texture_for(np.ascontiguousarray(frame).tobytes())
         if (self.frame_index % self.p.detect_every == 0 or not self.tracks
                 or any(tr.lost for tr in self.tracks)):
             self._detect(frame, stage)
@@ -165,7 +168,7 @@ class VideoTracker:
         if not verts:
             return frame, 0
         t = time.perf_counter()
-        deltas = self.p.perturbations(np.stack(verts))
+        deltas = self.p.perturbations(np.stack(verts), self.texture)
         stage["uv_raster"] = stage.get("uv_raster", 0.0) + time.perf_counter() - t
         deltas = self.p.apply_floor(canvases, deltas, stage)
         t = time.perf_counter()

@@ -201,10 +201,12 @@ def _batch_loss(
     gen: torch.Generator,
     device: torch.device,
     centres: Mapping[str, torch.Tensor] | None = None,
+    assign: torch.Tensor | None = None,
 ) -> losses.LossTerms:
     """The Protego loss of one batch as a function of the texture ``tex`` (:func:`losses.protego_loss`, the one
-    loss definition; the smoothed view, when on, enters as a second view)."""
-    views = _protected_views(tex, x, lm, warp, cfg, gen)
+    loss definition; the smoothed view, when on, enters as a second view). ``assign`` (``[B]``, several textures):
+    which of ``tex``'s textures each canvas carries."""
+    views = _protected_views(tex if assign is None else tex[assign], x, lm, warp, cfg, gen)
     prot, prot_blur, clean, clean_blur = _surrogate_features(models, views, clean_b, cfg, gen, device)
     if cfg.push_target == "centre":  # every photo pushed from the user's clean centre, whatever its view
         clean = {m: centres[m].to(prot[m]).expand_as(prot[m]) for m in prot}
@@ -225,6 +227,8 @@ def _batch_loss(
         views={"blur": prot_blur} if views.x_blur is not None else None,
         view_clean={"blur": clean_blur} if clean_blur else None,
         logdet_offsets=centres if cfg.logdet_relative else None,
+        texture_ids=assign,
+        diversity_weight=cfg.texture_diversity,
         lazy_ssim=True,
         return_terms=True,
     )
@@ -273,10 +277,10 @@ def _log_step(
     history: dict[str, list[float]], step: int, epoch: int, loss: losses.LossTerms, ssim_weight: float
 ) -> dict[str, float]:
     """Append one step's record to ``history`` (``step``, ``epoch``, ``total``, ``ssim``, ``ssim_weight``, then
-    the ``logdet/<m>`` and ``cosine/<m>`` terms); returns the record."""
+    the ``logdet/<m>``, ``cosine/<m>`` and, with several textures, ``diversity/<m>`` terms); returns the record."""
     record = {"step": step, "epoch": epoch, "total": float(loss.total.detach()), "ssim": float(loss.parts["ssim"])}
     record["ssim_weight"] = ssim_weight
-    record.update({k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/"))})
+    record.update({k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/", "diversity/"))})
     for key, val in record.items():
         history.setdefault(key, []).append(float(val))
     return record
@@ -288,6 +292,16 @@ def clean_centres(clean: Mapping[str, torch.Tensor], cfg: TrainConfig) -> dict[s
     if cfg.push_target != "centre" and not cfg.logdet_relative:
         return None
     return {m: F.normalize(c.float(), dim=1).mean(0) for m, c in clean.items()}
+
+
+def texture_assignment(batch: int, count: int, gen: torch.Generator) -> torch.Tensor | None:
+    """Which of ``count`` textures each of a step's ``batch`` canvases carries: a random permutation of the
+    canvases dealt round-robin from a random first texture (every texture gets ``batch // count`` or one more
+    canvas); ``None`` for one texture, which draws nothing from ``gen`` (so the single-texture run is unchanged)."""
+    if count == 1:
+        return None
+    start = torch.randint(count, (1,), generator=gen)
+    return (torch.randperm(batch, generator=gen) + start) % count
 
 
 def _train_step(
@@ -312,7 +326,8 @@ def _train_step(
     clean_b = {m: clean[m][idx.to(clean[m].device)] for m in models}
     tex = state.texture.detach().clone().requires_grad_(True)
     weight = state.ssim_weight.weight
-    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres)
+    assign = texture_assignment(len(idx), cfg.n_textures, gen)
+    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres, assign)
     grad = _texture_gradient(loss, tex, cfg, len(idx))
     state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
     record = _log_step(state.history, state.step, epoch, loss, weight)
@@ -357,7 +372,7 @@ def train_ppt(
     total_steps = cfg.epochs * steps_per_epoch
     ckpt = Checkpointer(Path(checkpoint), cfg, canvases, landmarks, names) if checkpoint is not None else None
 
-    texture = init_texture(cfg.eps, gen, cfg.texture_size, device)
+    texture = init_texture(cfg.eps, gen, cfg.texture_size, device, count=cfg.n_textures)
     state = TrainState(texture, torch.zeros_like(texture), torch.arange(n), losses.DynamicSSIMWeight(floor=cfg.min_ssim), {})
     if ckpt is not None and resume and ckpt.path.exists():
         ckpt.restore(state, gen, device)

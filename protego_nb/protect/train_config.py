@@ -43,7 +43,7 @@ from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, save_ppt
 #: Targets of the cosine push (:attr:`TrainConfig.push_target`).
 PUSH_TARGETS = ("own", "centre")
 
-KEYED_WHEN_ON = ("grad_smooth", "blur_view", "push_target", "logdet_relative")
+KEYED_WHEN_ON = ("grad_smooth", "blur_view", "push_target", "logdet_relative", "n_textures", "texture_diversity")
 
 
 @dataclass
@@ -108,6 +108,15 @@ class TrainConfig:
     #: The log-det term on embeddings measured from the user's clean centre (L2-normalised embedding minus the
     #: centre, per model), so that scattering the protected photos cannot pull them back toward the user.
     logdet_relative: bool = False
+    #: Several textures per user (lever 8b of the transfer program, beyond the paper): ``K`` textures trained
+    #: together, each step's canvases spread evenly over them at random, each photo protected by one of them at
+    #: protect time (:func:`~protego_nb.protect.texture.texture_choice`), so that protected photos of a user do not
+    #: all share one embedding shift. 1: the paper's single texture.
+    n_textures: int = 1
+    #: Weight of the shift-diversity term (with ``n_textures > 1``): the mean cosine similarity between the
+    #: embedding shifts (normalised protected minus normalised clean) of canvases that carry different textures,
+    #: minimised so that the textures move a user's photos in different directions (0 disables).
+    texture_diversity: float = 0.0
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -179,6 +188,10 @@ class TrainConfig:
             problems.append(f"grad_smooth {self.grad_smooth} and blur_view {self.blur_view} must be >= 0")
         if self.push_target not in PUSH_TARGETS:
             problems.append(f"push_target {self.push_target!r} must be one of {PUSH_TARGETS}")
+        if self.n_textures < 1:
+            problems.append(f"n_textures {self.n_textures} must be >= 1")
+        if self.texture_diversity < 0 or (self.texture_diversity > 0 and self.n_textures < 2):
+            problems.append(f"texture_diversity {self.texture_diversity} must be >= 0, and > 0 only with n_textures >= 2")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if problems:

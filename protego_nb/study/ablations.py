@@ -46,6 +46,12 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
         {"push_target": "centre", "logdet_relative": True},
         "push from the clean centre + log-det seen from it",
     ),
+    "textures4": ("protego", {"n_textures": 4}, "4 textures per user, one per photo (spread at random in training)"),
+    "textures4_div": (
+        "protego",
+        {"n_textures": 4, "texture_diversity": 1.0},
+        "4 textures per user + shift-diversity term (weight 1)",
+    ),
     "transfer_mix": (
         "protego",
         {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},

@@ -23,7 +23,7 @@ from ..io import atomic_write_bytes
 from ..protect import ssim_floor
 from ..protect import train as tr
 from ..protect.methods import METHODS, Method, get
-from ..protect.texture import PPTFileError, apply_texture, load_ppt, save_ppt
+from ..protect.texture import PPTFileError, apply_texture, load_ppt, save_ppt, texture_choice, texture_count
 from .faces import FaceSet
 
 
@@ -49,12 +49,15 @@ class Protection:
 def protect_faces(
     faces: FaceSet, texture: torch.Tensor, mode: str, eps: float, batch: int = 64
 ) -> torch.Tensor:
-    """Protected canvases of a FaceSet with a trained texture (exactly the training warp)."""
+    """Protected canvases of a FaceSet with a trained texture (exactly the training warp). A PPT of several
+    textures protects each image with the one :func:`texture_choice` picks from the image's id."""
     out = []
     warp = faces.warp(mode)
+    choice = texture_choice(faces.ids, texture_count(texture)) if texture_count(texture) > 1 else None
     for s in range(0, len(faces), batch):
         sel = list(range(s, min(s + batch, len(faces))))
-        out.append(apply_texture(faces.x[sel], warp.select(sel), texture.cpu(), eps).detach())
+        pick = choice[sel] if choice is not None else None
+        out.append(apply_texture(faces.x[sel], warp.select(sel), texture.cpu(), eps, pick).detach())
     return torch.cat(out) if out else faces.x.clone()
 
 
