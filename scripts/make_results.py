@@ -178,6 +178,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], pd.DataFrame]]] = {
     "05_all_models_cosine": ("05_recall_tables", lambda r: tables.models_table(r, "cosine")),
     "05_leave_one_out": ("05_recall_tables", tables.loo_table),
     "05_leave_one_out_paired": ("05_recall_tables", tables.loo_paired),
+    "05_ensembles_paired": ("05_recall_tables", tables.ensemble_paired),
     "05_robustness": ("05_recall_tables", tables.robustness_table),
     "05_coverage": ("05_recall_tables", tables.coverage_table),
     "05_targets": ("05_recall_tables", tables.targets_table),
@@ -225,9 +226,17 @@ def _models(r: dict) -> str:
 
 def _loo(r: dict) -> str:
     paired = tables.loo_paired(r)
-    return (md(tables.loo_table(r)) + "\n\nProtego against the Chameleon-style mask with each model held out, "
-            "same users, 95% paired bootstrap interval:\n\n" + md(paired) + "\n\n"
-            + effects_sentence(paired, "leave-one-out"))
+    text = md(tables.loo_table(r))
+    if not paired.empty:
+        text += ("\n\nProtego against the Chameleon-style mask with each model held out, same users, 95% paired "
+                 "bootstrap interval:\n\n" + md(paired) + "\n\n" + effects_sentence(paired, "leave-one-out"))
+    ens = tables.ensemble_paired(r)
+    if not ens.empty:
+        text += ("\n\nThe same held-out model against Protego textures trained with a larger surrogate ensemble "
+                 "(`a`) and the smallest one that holds it out (`b`; the main table's profile surrogates for "
+                 "the intruder), same users, 95% paired bootstrap interval (`a - b` < 0: the larger ensemble "
+                 "protects better):\n\n" + md(ens) + "\n\n" + effects_sentence(ens, "ensemble"))
+    return text
 
 
 def _ablations(r: dict) -> str:

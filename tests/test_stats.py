@@ -76,3 +76,28 @@ def test_fmt_ci():
 def test_ratio_with_a_zero_denominator_is_undefined_not_an_error():
     r = stats.paired_ratio_bootstrap({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 0.0, "b": 0.0, "c": 0.0})
     assert math.isnan(r["ratio"]) and r["hi"] == float("inf")
+
+
+def test_ensemble_paired_compares_each_larger_ensemble_with_the_smallest_for_the_same_held_out_model():
+    from protego_nb.evaluate import tables
+
+    users = [f"u{i}" for i in range(10)]
+
+    def rec(level, spread=1.0):
+        return {s: {u: level + spread * (i % 3) for i, u in enumerate(users)} for s in ("1b", "1a", "2b", "2a")}
+
+    r = {"params": {"intruder": "sface", "surrogates": ["a", "b"], "loo_intruders": ["sface", "x", "paper_like:x"],
+                    "loo_surrogates": {"sface": ["a", "b", "c", "x"], "x": ["a", "b", "c", "sface"],
+                                       "paper_like:x": ["a", "b", "y"]}},
+         "per_user": {"native": {"sface": {"protego": rec(80), "chameleon": rec(90)}},
+                      "leave_one_out": {"sface": {"protego": rec(60)}, "x": {"protego": rec(50)},
+                                        "paper_like:x": {"protego": rec(50)}}}}
+    df = tables.ensemble_paired(r).reset_index()
+    assert list(df["held_out"].unique()) == ["sface", "x"] and len(df) == 6
+    sf = df[df["held_out"] == "sface"]
+    assert sf["comparison"].iloc[0] == "sface (a+b+c+x) - main (a+b)"
+    assert (sf["effect"] == "yes").all() and sf["a - b [95% CI]"].str.startswith("-20.0").all()
+    x = df[df["held_out"] == "x"]
+    assert x["comparison"].iloc[0] == "x (a+b+c+sface) - paper_like:x (a+b+y)" and (x["effect"] == "no").all()
+    r["per_user"]["leave_one_out"] = {}
+    assert tables.ensemble_paired(r).empty

@@ -143,6 +143,34 @@ def loo_paired(r: Mapping, ref: str = "protego", other: str = "chameleon",
     return _frame(rows, ["held_out", "comparison", "scenario"])
 
 
+def ensemble_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] = ("1a", "2b", "2a")) -> pd.DataFrame:
+    """The same held-out model against textures trained with different surrogate ensembles, paired over users.
+
+    The configurations are the main table's (the profile's surrogates, ``ref`` scored by the intruder) and every
+    leave-one-out row; where two or more hold out the same model, each larger ensemble is compared with the
+    smallest (``a - b`` < 0: the larger ensemble protects better against that model)."""
+    p = r["params"]
+    configs = []  # (label, held-out model, surrogates, per-user recall by scenario)
+    main = r["per_user"].get("native", {}).get(p["intruder"], {})
+    if ref in main:
+        configs.append((f"main ({'+'.join(p['surrogates'])})", p["intruder"], list(p["surrogates"]), main[ref]))
+    loo = r["per_user"].get("leave_one_out") or {}
+    for label in _ordered(loo, p.get("loo_intruders")):
+        if ref in loo[label]:
+            held = label.split(":", 1)[1] if ":" in label else label
+            sur = list(p.get("loo_surrogates", {}).get(label, []))
+            configs.append((f"{label} ({'+'.join(sur)})", held, sur, loo[label][ref]))
+    rows = []
+    for held in dict.fromkeys(c[1] for c in configs):
+        group = sorted([c for c in configs if c[1] == held], key=lambda c: len(c[2]))
+        for big in group[1:]:
+            for sc in scenarios:
+                row = {"held_out": held, "comparison": f"{big[0]} - {group[0][0]}", "scenario": sc}
+                row.update(paired_row(big[3][sc], group[0][3][sc]))
+                rows.append(row)
+    return _frame(rows, ["held_out", "comparison", "scenario"])
+
+
 def robustness_table(r: Mapping) -> pd.DataFrame:
     rob = r["per_user"].get("robustness") or {}
     rows, idx = [], []
