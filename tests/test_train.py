@@ -317,7 +317,7 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     key = cfg.key_dict()
     assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
     later = ("grad_smooth", "blur_view", "consistent_clean", "push_target", "logdet_relative", "n_textures",
-             "texture_diversity")
+             "texture_diversity", "grad_vote")
     assert {k: v for k, v in cfg.to_dict().items() if k not in later} == key
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
@@ -366,6 +366,26 @@ def test_several_textures_train_apart_and_the_diversity_term_turns_their_shifts_
             return float(sum((shifts[i] * shifts[j]).sum(1).mean() for i, j in ((0, 1), (0, 2), (1, 2))) / 3)
 
     assert shift_cos(runs[5.0].texture) < shift_cos(runs[0.0].texture)
+
+
+def test_equal_vote_per_image_is_the_plain_step_for_one_image_and_differs_for_a_batch():
+    c, lm, w = _data()
+    with pytest.raises(ValueError, match="grad_vote"):
+        _cfg(grad_vote="median").validate()
+    runs = {(vote, b): T.train_ppt(c, lm, w, MODELS, _cfg(epochs=2, batch_size=b, grad_vote=vote), progress=False)
+            for vote in ("none", "sign", "l1") for b in (1, 4)}
+    # one canvas per step: its sign (or unit-norm) gradient has the plain gradient's signs, so the same steps
+    assert torch.equal(runs[("sign", 1)].texture, runs[("none", 1)].texture)
+    assert torch.equal(runs[("l1", 1)].texture, runs[("none", 1)].texture)
+    # four canvases: each votes once per texel, which is not the sign of the summed gradient
+    assert not torch.equal(runs[("sign", 4)].texture, runs[("none", 4)].texture)
+    assert not torch.equal(runs[("l1", 4)].texture, runs[("none", 4)].texture)
+    mixed = T.train_ppt(c, lm, w, MODELS, _cfg(epochs=2, grad_vote="l1", n_textures=2, texture_diversity=1.0,
+                                                 grad_balance="per_term", momentum=0.9, grad_smooth=1.0),
+                        progress=False)
+    assert mixed.texture.shape == (2, 3, S, S) and mixed.texture.abs().max() <= torch.tensor(mixed.config.eps)
+    assert T.TrainConfig(grad_vote="sign").key_dict()["grad_vote"] == "sign"
+    assert "grad_vote" not in T.TrainConfig().key_dict()
 
 
 def test_a_ppt_of_several_textures_protects_each_canvas_with_its_chosen_texture(tmp_path):

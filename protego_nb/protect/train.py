@@ -202,11 +202,12 @@ def _batch_loss(
     device: torch.device,
     centres: Mapping[str, torch.Tensor] | None = None,
     assign: torch.Tensor | None = None,
+    per_canvas: bool = False,
 ) -> losses.LossTerms:
     """The Protego loss of one batch as a function of the texture ``tex`` (:func:`losses.protego_loss`, the one
     loss definition; the smoothed view, when on, enters as a second view). ``assign`` (``[B]``, several textures):
-    which of ``tex``'s textures each canvas carries."""
-    views = _protected_views(tex if assign is None else tex[assign], x, lm, warp, cfg, gen)
+    which texture each canvas carries; ``per_canvas``: ``tex`` already holds one texture copy per canvas."""
+    views = _protected_views(tex if assign is None or per_canvas else tex[assign], x, lm, warp, cfg, gen)
     prot, prot_blur, clean, clean_blur = _surrogate_features(models, views, clean_b, cfg, gen, device)
     if cfg.push_target == "centre":  # every photo pushed from the user's clean centre, whatever its view
         clean = {m: centres[m].to(prot[m]).expand_as(prot[m]) for m in prot}
@@ -234,27 +235,50 @@ def _batch_loss(
     )
 
 
-def _texture_gradient(loss: losses.LossTerms, tex: torch.Tensor, cfg: TrainConfig, batch: int) -> torch.Tensor:
+def _texture_gradient(
+    loss: losses.LossTerms, tex: torch.Tensor, cfg: TrainConfig, batch: int, reduce=None
+) -> torch.Tensor:
     """The batch-mean gradient of the loss w.r.t. the texture (shared by the ``batch`` canvases).
 
     ``grad_balance="none"``: the gradient of the weighted total. ``"per_term"``: the weighted sum of each
     active term's gradient normalised to unit ``grad_norm`` (with a signed step a scalar weight barely acts
     otherwise); the SSIM hinge counts while it is positive. With ``grad_smooth`` the result is Gaussian-smoothed
-    in texture space (TI-FGSM)."""
+    in texture space (TI-FGSM). ``reduce``: maps the gradient w.r.t. ``tex`` (per-canvas texture copies, see
+    :func:`_per_canvas_reduce`) to the gradient w.r.t. the trained textures, before any normalisation."""
+    reduce = reduce or (lambda g: g)
     if cfg.grad_balance == "none":
         (grad,) = torch.autograd.grad(loss.total, tex)
+        grad = reduce(grad)
     else:
-        grad = torch.zeros_like(tex)
+        grad = None
         active = [(w, v) for _, w, v in loss.feature_terms if w != 0]
         if float(loss.hinge.detach()) > 0:
             active.append((loss.ssim_weight, loss.hinge))
         for i, (w, v) in enumerate(active):
             (g,) = torch.autograd.grad(v, tex, retain_graph=i < len(active) - 1)
-            grad = grad + w * normalise_gradient(g, cfg.grad_norm)
+            g = w * normalise_gradient(reduce(g), cfg.grad_norm)
+            grad = g if grad is None else grad + g
     grad = grad / batch
     if cfg.grad_smooth > 0:
         grad = gaussian_blur(grad, cfg.grad_smooth)
     return grad
+
+
+def _per_canvas_reduce(assign: torch.Tensor, count: int, vote: str):
+    """The gradient w.r.t. per-canvas copies of the textures ``[B, 3, T, T]`` summed into the ``count`` trained
+    textures (canvas ``i`` carries texture ``assign[i]``), each canvas's gradient first replaced by its sign
+    (``vote="sign"``: every canvas one equal vote per texel) or scaled to unit L1 norm (``"l1"``); ``"none"``:
+    the plain sum, the same gradient as indexing the textures directly."""
+
+    def reduce(g: torch.Tensor) -> torch.Tensor:
+        if vote == "sign":
+            g = torch.sign(g)
+        elif vote == "l1":
+            g = g / g.abs().flatten(1).sum(1).clamp_min(1e-30).view(-1, 1, 1, 1)
+        out = torch.zeros((count, *g.shape[1:]), dtype=g.dtype, device=g.device)
+        return out.index_add_(0, assign.to(g.device), g)
+
+    return reduce
 
 
 @torch.no_grad()
@@ -324,11 +348,19 @@ def _train_step(
     lm = landmarks[idx].to(device=device, dtype=torch.float32)
     warp = warps.select(idx).to(device)
     clean_b = {m: clean[m][idx.to(clean[m].device)] for m in models}
-    tex = state.texture.detach().clone().requires_grad_(True)
     weight = state.ssim_weight.weight
     assign = texture_assignment(len(idx), cfg.n_textures, gen)
-    loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres, assign)
-    grad = _texture_gradient(loss, tex, cfg, len(idx))
+    if assign is None and cfg.grad_vote == "none":  # the paper's step: one texture, the gradient of the batch loss
+        tex = state.texture.detach().clone().requires_grad_(True)
+        loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres)
+        grad = _texture_gradient(loss, tex, cfg, len(idx))
+    else:  # one texture copy per canvas: per-canvas gradients (equal vote) and/or several textures
+        pick = assign if assign is not None else torch.zeros(len(idx), dtype=torch.long)
+        copies = state.texture.detach()[pick.to(state.texture.device)].clone().requires_grad_(True)
+        loss = _batch_loss(models, clean_b, copies, x, lm, warp, cfg, weight, gen, device, centres, assign,
+                           per_canvas=True)
+        reduce = _per_canvas_reduce(pick, cfg.n_textures, cfg.grad_vote)
+        grad = _texture_gradient(loss, copies, cfg, len(idx), reduce)
     state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
     record = _log_step(state.history, state.step, epoch, loss, weight)
     state.ssim_weight.update(record["ssim"])

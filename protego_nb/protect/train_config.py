@@ -43,7 +43,11 @@ from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, save_ppt
 #: Targets of the cosine push (:attr:`TrainConfig.push_target`).
 PUSH_TARGETS = ("own", "centre")
 
-KEYED_WHEN_ON = ("grad_smooth", "blur_view", "push_target", "logdet_relative", "n_textures", "texture_diversity")
+KEYED_WHEN_ON = (
+    "grad_smooth", "blur_view", "push_target", "logdet_relative", "n_textures", "texture_diversity", "grad_vote"
+)
+#: How per-canvas texture gradients are aggregated (:attr:`TrainConfig.grad_vote`).
+GRAD_VOTES = ("none", "sign", "l1")
 
 
 @dataclass
@@ -117,6 +121,11 @@ class TrainConfig:
     #: embedding shifts (normalised protected minus normalised clean) of canvases that carry different textures,
     #: minimised so that the textures move a user's photos in different directions (0 disables).
     texture_diversity: float = 0.0
+    #: Equal vote per image (lever 5 of the transfer program): the texture gradient is the sum over the batch's
+    #: canvases of each canvas's own gradient replaced by its sign (``"sign"``) or scaled to unit L1 norm
+    #: (``"l1"``), so that no few canvases with large gradients decide the step; ``"none"``: the gradient of the
+    #: batch loss (the authors').
+    grad_vote: str = "none"
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -192,6 +201,8 @@ class TrainConfig:
             problems.append(f"n_textures {self.n_textures} must be >= 1")
         if self.texture_diversity < 0 or (self.texture_diversity > 0 and self.n_textures < 2):
             problems.append(f"texture_diversity {self.texture_diversity} must be >= 0, and > 0 only with n_textures >= 2")
+        if self.grad_vote not in GRAD_VOTES:
+            problems.append(f"grad_vote {self.grad_vote!r} must be one of {GRAD_VOTES}")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if problems:

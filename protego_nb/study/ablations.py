@@ -46,6 +46,7 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
         {"push_target": "centre", "logdet_relative": True},
         "push from the clean centre + log-det seen from it",
     ),
+    "vote_sign": ("protego", {"grad_vote": "sign"}, "equal vote per image: sum of per-image gradient signs"),
     "textures4": ("protego", {"n_textures": 4}, "4 textures per user, one per photo (spread at random in training)"),
     "textures4_div": (
         "protego",
