@@ -48,6 +48,7 @@ NB_TITLES = {
     "03_dense_cluster_umap": "03",
     "04_gram_volume_ablations": "04",
     "05_recall_tables": "05",
+    "06_pose_study": "06",
 }
 
 
@@ -343,6 +344,49 @@ def fidelity_section(root: Path = REPO) -> str:
             "asserts <= 1e-4.\n\n" + md(df.set_index("model")))
 
 
+def _ci(rec: dict, value: str = "diff") -> str:
+    return f"{rec[value]:+.1f} [{rec['ci_lo']:.1f}, {rec['ci_hi']:.1f}]" if value == "diff" else (
+        f"{rec[value]:.1f} [{rec['ci_lo']:.1f}, {rec['ci_hi']:.1f}]")
+
+
+def pose_tables(r: dict) -> dict[str, pd.DataFrame]:
+    """Notebook 06's headline tables from its JSON records (black-box intruder): recall per |yaw| bin of the query,
+    the paired UV-vs-other differences per bin (queries, and protected gallery photos), frontal-only training."""
+    intr = r["params"]["intruder"]
+    by_bin = pd.DataFrame(r["by_bin"])
+    by_bin = by_bin[by_bin["model"] == intr]
+    recall = by_bin.assign(cell=[_ci(x, "recall") for x in by_bin.to_dict("records")]).pivot_table(
+        index=["scenario", "method"], columns="bin", values="cell", aggfunc="first", sort=False)
+    recall.columns.name = None
+
+    def diffs(records: list) -> pd.DataFrame:
+        d = pd.DataFrame(records)
+        if d.empty:
+            return d
+        d = d[d["model"] == intr]
+        cells = d.assign(comparison=d["a"] + " - " + d["b"], cell=[_ci(x) for x in d.to_dict("records")])
+        out = cells.pivot_table(index=["scenario", "comparison"], columns="bin", values="cell", aggfunc="first",
+                                sort=False)
+        out.columns.name = None
+        return out
+
+    return {"recall": recall, "queries": diffs(r["uv_vs_flat"]), "photos": diffs(r["entries"]["uv_vs_flat"]),
+            "frontal": diffs(r["frontal"]["diffs"])}
+
+
+def _pose(r: dict) -> str:
+    t, b = pose_tables(r), r["bins"]
+    counts = ", ".join(f"{k}: {v}" for k, v in b["query_counts"].items())
+    return (f"Black-box `{r['params']['intruder']}`, {len(r['params']['users'])} users, {b['n_queries']} queries "
+            f"by |yaw| (degrees; {counts}). Recall@K % per bin of the query's |yaw|, with a 95% bootstrap interval "
+            "that resamples users:\n\n" + md(t["recall"]) + "\n\nPaired differences on the same queries (`a - b` "
+            "< 0: `a` protects better), per bin of the query's |yaw|, 95% user-bootstrap interval:\n\n"
+            + md(t["queries"]) + "\n\nThe same, binned by the |yaw| of the *protected gallery photo* (scenarios "
+            "with a protected gallery):\n\n" + md(t["photos"]) + "\n\nTraining only on near-frontal photos "
+            f"(|yaw| < {r['frontal']['max_abs_yaw']:g}, `protego_frontal`) against all poses (`protego`) and a random "
+            "subset of the same size (`protego_sized`), queries split at that threshold:\n\n" + md(t["frontal"]))
+
+
 SECTIONS: dict[str, tuple[str | None, Callable]] = {
     "runs": (None, None),
     "faces": ("05_recall_tables", lambda r: md(tables.faces_table(r))),
@@ -359,6 +403,7 @@ SECTIONS: dict[str, tuple[str | None, Callable]] = {
                  "queries, `2-cov*` protected queries); recall@K %, mean ± std over users.\n\n"
                  + md(tables.coverage_table(r))),
     "cohesion": ("03_dense_cluster_umap", _cohesion),
+    "pose": ("06_pose_study", _pose),
     "verification": ("00_data_and_models", lambda r: f"{r['verification']['n_pairs']} of the official LFW "
                      "pairs, 10-fold, each model's native similarity.\n\n" + md(verification_table(r))),
 }

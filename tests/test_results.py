@@ -152,3 +152,17 @@ def test_import_refuses_runs_without_provenance(tmp_path):
         mr.import_run(src, "default", tmp_path)
     (src / "05_recall_tables.json").write_text(json.dumps({"_format": 2, "_run": _prov("05_recall_tables")}))
     assert mr.import_run(src, "default", tmp_path) == ["05_recall_tables.json"]
+
+
+def test_pose_tables_come_from_the_notebook_06_records():
+    r = json.loads((mr.REPO / "data" / "results" / "default" / "pose_5u" / "06_pose_study.json").read_text())
+    t = mr.pose_tables(r)
+    labels = r["bins"]["labels"]
+    assert list(t["recall"].columns) == [*labels, "all"] and len(t["recall"]) == 3 * len(r["params"]["methods"])
+    rec = next(x for x in r["by_bin"] if (x["model"], x["method"], x["scenario"], x["bin"]) == ("sface", "protego", "2a", ">=15"))
+    assert t["recall"].loc[("2a", "protego"), ">=15"] == f"{rec['recall']:.1f} [{rec['ci_lo']:.1f}, {rec['ci_hi']:.1f}]"
+    d = next(x for x in r["uv_vs_flat"] if (x["model"], x["b"], x["scenario"], x["bin"]) == ("sface", "protego_2d", "2a", "all"))
+    assert t["queries"].loc[("2a", "protego - protego_2d"), "all"].startswith(f"{d['diff']:+.1f} [")
+    assert set(t["photos"].index.get_level_values("scenario")) == {"1a", "2a"}  # protected-gallery scenarios only
+    assert "protego_frontal - protego_sized" in t["frontal"].index.get_level_values("comparison")
+    assert "intruder" not in mr._pose(r) and "Black-box `sface`, 5 users, 26 queries" in mr._pose(r)

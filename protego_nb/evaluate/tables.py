@@ -151,8 +151,8 @@ def ensemble_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] =
     smallest (``a - b`` < 0: the larger ensemble protects better against that model)."""
     p = r["params"]
     configs = []  # (label, held-out model, surrogates, per-user recall by scenario)
-    main = r["per_user"].get("native", {}).get(p["intruder"], {})
-    if ref in main:
+    main = r["per_user"].get("native", {}).get(p.get("intruder"), {})
+    if ref in main and p.get("surrogates"):
         configs.append((f"main ({'+'.join(p['surrogates'])})", p["intruder"], list(p["surrogates"]), main[ref]))
     loo = r["per_user"].get("leave_one_out") or {}
     for label in _ordered(loo, p.get("loo_intruders")):
