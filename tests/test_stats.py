@@ -95,9 +95,10 @@ def test_ensemble_paired_compares_each_larger_ensemble_with_the_smallest_for_the
     df = tables.ensemble_paired(r).reset_index()
     assert list(df["held_out"].unique()) == ["sface", "x"] and len(df) == 6
     sf = df[df["held_out"] == "sface"]
-    assert sf["comparison"].iloc[0] == "sface (a+b+c+x) - main (a+b)"
+    assert sf["comparison"].iloc[0] == "leave-one-out sface (4 surrogates) - main table (2 surrogates)"
     assert (sf["effect"] == "yes").all() and sf["a - b [95% CI]"].str.startswith("-20.0").all()
     x = df[df["held_out"] == "x"]
-    assert x["comparison"].iloc[0] == "x (a+b+c+sface) - paper_like:x (a+b+y)" and (x["effect"] == "no").all()
+    assert x["comparison"].iloc[0] == "leave-one-out x (4 surrogates) - leave-one-out paper_like:x (3 surrogates)"
+    assert (x["effect"] == "no").all()
     r["per_user"]["leave_one_out"] = {}
     assert tables.ensemble_paired(r).empty

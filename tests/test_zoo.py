@@ -46,6 +46,8 @@ LOADABLE = [n for n in zoo.MODELS if n != "facenet_vggface2"]
 def test_table_is_consistent():
     assert zoo.INTRUDER_DEFAULT == "sface" and zoo.INTRUDER_DEFAULT not in zoo.SURROGATES_DEFAULT
     assert set(zoo.SURROGATES_DEFAULT) <= set(zoo.MODELS)
+    # the measured ensemble: every strong registry model but the intruder (the leave-one-out row of the intruder)
+    assert sorted(zoo.SURROGATES_DEFAULT) == sorted(m for m in zoo.strong_models() if m != zoo.INTRUDER_DEFAULT)
     for name, s in zoo.MODELS.items():
         assert s.name == name
         assert s.template in embedder.TEMPLATES and s.metric in ("cosine", "euclidean")

@@ -153,13 +153,14 @@ def ensemble_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] =
     configs = []  # (label, held-out model, surrogates, per-user recall by scenario)
     main = r["per_user"].get("native", {}).get(p.get("intruder"), {})
     if ref in main and p.get("surrogates"):
-        configs.append((f"main ({'+'.join(p['surrogates'])})", p["intruder"], list(p["surrogates"]), main[ref]))
+        configs.append((f"main table ({len(p['surrogates'])} surrogates)", p["intruder"], list(p["surrogates"]),
+                        main[ref]))
     loo = r["per_user"].get("leave_one_out") or {}
     for label in _ordered(loo, p.get("loo_intruders")):
         if ref in loo[label]:
             held = label.split(":", 1)[1] if ":" in label else label
             sur = list(p.get("loo_surrogates", {}).get(label, []))
-            configs.append((f"{label} ({'+'.join(sur)})", held, sur, loo[label][ref]))
+            configs.append((f"leave-one-out {label} ({len(sur)} surrogates)", held, sur, loo[label][ref]))
     rows = []
     for held in dict.fromkeys(c[1] for c in configs):
         group = sorted([c for c in configs if c[1] == held], key=lambda c: len(c[2]))
