@@ -235,7 +235,7 @@ def _loo(r: dict) -> str:
     if not ens.empty:
         text += ("\n\nThe same held-out model against Protego textures trained with a larger surrogate ensemble "
                  "(`a`) and the smallest one that holds it out (`b`; the main table's profile surrogates for "
-                 "the intruder), same users, 95% paired bootstrap interval (`a - b` < 0: the larger ensemble "
+                 "the intruder; each row's surrogates are in the table above), same users, 95% paired bootstrap interval (`a - b` < 0: the larger ensemble "
                  "protects better):\n\n" + md(ens) + "\n\n" + effects_sentence(ens, "ensemble"))
     return text
 
