@@ -153,6 +153,10 @@ def verification_table(r: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
+def _machine(m: dict) -> str:
+    return f"{m.get('cpu_count')} x {m.get('cpu')}, {m.get('device')}"
+
+
 def runs_table(runs: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for nb, r in runs.items():
@@ -161,6 +165,7 @@ def runs_table(runs: dict[str, dict]) -> pd.DataFrame:
                      "commit": (run.get("git_commit") or "unknown")[:10],
                      "dirty": "yes" if run.get("git_dirty") else "no",
                      "wall s": f"{run['wall_seconds']:.0f}", "command": f"`{run['command']}`",
+                     "machine": _machine(run["machine"]),
                      "load avg (1/5/15 min, at the end)": " / ".join(f"{x:.1f}" for x in run["machine"].get("loadavg") or [])})
     return pd.DataFrame(rows).set_index("notebook") if rows else pd.DataFrame()
 
@@ -263,10 +268,8 @@ def _runs_section(runs: dict, profile: str) -> str:
     if not runs:
         return (f"_No run with provenance and per-user values is committed for the `{profile}` profile yet; "
                 f"the earlier tables (means only, no provenance) are kept in `data/results/{profile}/legacy/`._")
-    first = next(iter(runs.values()))["_run"]["machine"]
-    return (f"The committed `{profile}` results, one run JSON per notebook in `data/results/{profile}/`; "
-            f"machine: {first.get('cpu_count')} x {first.get('cpu')}, {first.get('device')}, "
-            f"{first.get('platform')}.\n\n" + md(runs_table(runs)))
+    return (f"The committed `{profile}` results, one run JSON per notebook in `data/results/{profile}/` (the "
+            "machine each ran on is in the table; its platform string is in the JSON).\n\n" + md(runs_table(runs)))
 
 
 def bench_section(root: Path = REPO) -> str:
