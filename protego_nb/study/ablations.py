@@ -47,7 +47,20 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
         "push from the clean centre + log-det seen from it",
     ),
     "vote_sign": ("protego", {"grad_vote": "sign"}, "equal vote per image: sum of per-image gradient signs"),
+    "textures2": ("protego", {"n_textures": 2}, "2 textures per user, one per photo"),
     "textures4": ("protego", {"n_textures": 4}, "4 textures per user, one per photo (spread at random in training)"),
+    "textures8": ("protego", {"n_textures": 8}, "8 textures per user, one per photo"),
+    "textures16": ("protego", {"n_textures": 16}, "16 textures per user, one per photo"),
+    "ens5": (
+        "protego",
+        {"extra_surrogates": ["facenet_casia", "facenet_msceleb", "mobilefacenet512"]},
+        "every strong model but sface trains (5 surrogates)",
+    ),
+    "ens5_textures8": (
+        "protego",
+        {"extra_surrogates": ["facenet_casia", "facenet_msceleb", "mobilefacenet512"], "n_textures": 8},
+        "5 surrogates + 8 textures per user",
+    ),
     "textures4_div": (
         "protego",
         {"n_textures": 4, "texture_diversity": 1.0},
