@@ -49,12 +49,20 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
     "vote_sign": ("protego", {"grad_vote": "sign"}, "equal vote per image: sum of per-image gradient signs"),
     "textures2": ("protego", {"n_textures": 2}, "2 textures per user, one per photo"),
     "textures4": ("protego", {"n_textures": 4}, "4 textures per user, one per photo (spread at random in training)"),
+    "textures4_seed1": ("protego", {"n_textures": 4, "seed": 1}, "4 textures per user, another training seed"),
     "textures8": ("protego", {"n_textures": 8}, "8 textures per user, one per photo"),
+    "epochs_x2": ("protego", {"epochs_x": 2}, "2x the epochs"),
+    "textures8_x2": ("protego", {"n_textures": 8, "epochs_x": 2}, "8 textures per user, 2x the epochs"),
     "textures16": ("protego", {"n_textures": 16}, "16 textures per user, one per photo"),
     "ens5": (
         "protego",
         {"extra_surrogates": ["facenet_casia", "facenet_msceleb", "mobilefacenet512"]},
         "every strong model but sface trains (5 surrogates)",
+    ),
+    "ens5_textures4": (
+        "protego",
+        {"extra_surrogates": ["facenet_casia", "facenet_msceleb", "mobilefacenet512"], "n_textures": 4},
+        "5 surrogates + 4 textures per user",
     ),
     "ens5_textures8": (
         "protego",
