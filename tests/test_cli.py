@@ -350,3 +350,23 @@ def test_property_mixed_batch_processes_every_good_input(trained_ppt, kinds):
 @pytest.fixture(scope="module")
 def trained_ppt(trained) -> Path:
     return trained
+
+
+def test_the_transfer_preset_trains_several_textures_and_protect_uses_them(tmp_path, capsys):
+    d = tmp_path / "me"
+    d.mkdir()
+    for k in (1, 2, 3):
+        (d / f"me{k}.jpg").write_bytes(lfw(OWNER, k).read_bytes())
+    out = tmp_path / "me.ppt"
+    rc = cli.main(["train", str(d), "-o", str(out), "--preset", "transfer", "--epochs", "1", "--surrogates",
+                   "mobilefacenet", "--no-progress"])
+    assert rc == 0
+    tex, meta = texture.load_ppt(out)
+    assert tex.shape == (4, 3, 224, 224) and meta["preset"] == "transfer" and meta["n_textures"] == 4
+    res = tmp_path / "out"
+    rc = cli.main(["protect", str(d / "me1.jpg"), str(d / "me2.jpg"), "--ppt", str(out), "-o", str(res),
+                   "--no-progress"])
+    assert rc == 0 and "protected      2" in capsys.readouterr().out
+    for k in (1, 2):
+        a, b = images.load_rgb(res / f"me{k}.jpg").astype(int), images.load_rgb(d / f"me{k}.jpg").astype(int)
+        assert 0 < np.abs(a - b).max()

@@ -59,6 +59,9 @@ def test_presets():
     assert abs(p.eps - 0.063) < 5e-4
     c = T.TrainConfig.from_preset("ci", eps=8 / 255)
     assert c.lr == pytest.approx(c.lr_rel * 8 / 255) and c.preset == "ci"
+    tp = T.PRESETS["transfer"]  # the paper preset plus several textures per user, nothing else
+    assert tp.n_textures == 4 and {k: v for k, v in tp.to_dict().items() if k not in ("preset", "n_textures")} == {
+        k: v for k, v in p.to_dict().items() if k not in ("preset", "n_textures")}
     for cfg in T.PRESETS.values():  # defaults: every transfer option off, the authors' loss
         assert cfg.momentum == 0 and cfg.input_diversity == 0 and cfg.grad_balance == "none" and cfg.use_logdet
         cfg.validate()
