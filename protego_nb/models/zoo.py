@@ -305,7 +305,7 @@ MODELS: dict[str, ModelSpec] = {
 #: The CLI's white-box training ensemble: every strong registry model but the held-out intruder. Chosen by
 #: measurement (README "Models", roles): against black-box ``sface`` these five lowered recall by 10-21 points in
 #: every scenario against the two-model ensemble of the profiles (leave-one-out row ``sface`` vs the main table of
-#: the 10-user default run, paired over users); about 4x the training time per step.
+#: the 10-user default run, paired over users); about 4.5x the training time (README "Models").
 SURROGATES_DEFAULT: tuple[str, ...] = ("mobilefacenet", "dlib_resnet", "facenet_casia", "facenet_msceleb",
                                        "mobilefacenet512")
 #: The held-out black-box model (strongest here, different backbone and training data).
