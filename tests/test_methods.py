@@ -350,3 +350,12 @@ def test_baselines_on_lfw_with_a_zoo_surrogate(lfw):
     finally:
         study.METHODS.clear()
         study.METHODS.update(before)
+
+
+def test_protego_transfer_is_the_transfer_presets_change_over_paper():
+    from protego_nb.protect.methods import get
+    from protego_nb.protect.train_config import PRESETS
+
+    m = get("protego_transfer")
+    over = {k: v for k, v in PRESETS["transfer"].to_dict().items() if v != PRESETS["paper"].to_dict()[k]}
+    assert m.kind == "texture" and m.mode == "uv" and over == {"preset": "transfer", "n_textures": m.config["n_textures"]}
