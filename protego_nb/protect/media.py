@@ -45,7 +45,6 @@ smoothed with a One-Euro filter (``smoothing``; :mod:`protego_nb.protect.trackin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any
@@ -229,7 +228,7 @@ class Protector:
         k = texture_count(self.texture)
         if k == 1:
             return self.texture
-        i = int(texture_choice([hashlib.sha256(key).digest()], k)[0])
+        i = int(texture_choice([key], k)[0])
         return self.texture[i : i + 1]
 
     def perturbations(self, vertices: np.ndarray, texture: torch.Tensor | None = None) -> np.ndarray:

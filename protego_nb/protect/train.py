@@ -202,12 +202,11 @@ def _batch_loss(
     device: torch.device,
     centres: Mapping[str, torch.Tensor] | None = None,
     assign: torch.Tensor | None = None,
-    per_canvas: bool = False,
 ) -> losses.LossTerms:
     """The Protego loss of one batch as a function of the texture ``tex`` (:func:`losses.protego_loss`, the one
-    loss definition; the smoothed view, when on, enters as a second view). ``assign`` (``[B]``, several textures):
-    which texture each canvas carries; ``per_canvas``: ``tex`` already holds one texture copy per canvas."""
-    views = _protected_views(tex if assign is None or per_canvas else tex[assign], x, lm, warp, cfg, gen)
+    loss definition; the smoothed view, when on, enters as a second view). ``tex``: one texture for the batch, or
+    one texture copy per canvas; ``assign`` (``[B]``, several textures): which texture each canvas carries."""
+    views = _protected_views(tex, x, lm, warp, cfg, gen)
     prot, prot_blur, clean, clean_blur = _surrogate_features(models, views, clean_b, cfg, gen, device)
     if cfg.push_target == "centre":  # every photo pushed from the user's clean centre, whatever its view
         clean = {m: centres[m].to(prot[m]).expand_as(prot[m]) for m in prot}
@@ -357,8 +356,7 @@ def _train_step(
     else:  # one texture copy per canvas: per-canvas gradients (equal vote) and/or several textures
         pick = assign if assign is not None else torch.zeros(len(idx), dtype=torch.long)
         copies = state.texture.detach()[pick.to(state.texture.device)].clone().requires_grad_(True)
-        loss = _batch_loss(models, clean_b, copies, x, lm, warp, cfg, weight, gen, device, centres, assign,
-                           per_canvas=True)
+        loss = _batch_loss(models, clean_b, copies, x, lm, warp, cfg, weight, gen, device, centres, assign)
         reduce = _per_canvas_reduce(pick, cfg.n_textures, cfg.grad_vote)
         grad = _texture_gradient(loss, copies, cfg, len(idx), reduce)
     state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
