@@ -345,17 +345,56 @@ def main_numbers(results: Mapping, intruder: str, methods: Sequence[str], scenar
 
 
 def leave_one_out(ctx: Context, plan: Sequence, methods: Sequence[str],
-                  scenarios: Sequence[str] = ("1b", "1a", "2b", "2a")) -> tuple[dict, dict]:
-    """``(surrogates, per_user)`` by plan label: each held-out model scores users protected against the rest."""
-    surrogates, per_user = {}, {}
+                  scenarios: Sequence[str] = ("1b", "1a", "2b", "2a"), extra: Mapping[str, Sequence[str]] | None = None,
+                  floor: float | None = None) -> tuple[dict, dict]:
+    """Each held-out model scores users protected against the rest, by plan label.
+
+    ``extra[label]``: methods trained and scored in that row only (e.g. a baseline beside the shipped ensemble
+    against the main intruder). Returns ``(surrogates, per_user)``: ``per_user`` holds ``leave_one_out``
+    (recall) and ``leave_one_out_quality`` by label and, with ``floor``, the same protections under the
+    per-canvas SSIM floor: ``leave_one_out_floored`` (recall, ``1a 2b 2a``) and ``leave_one_out_floored_quality``
+    (SSIM mean and minimum per user, mean scale factor)."""
+    surrogates: dict = {}
+    out: dict = {"leave_one_out": {}, "leave_one_out_quality": {}}
+    if floor is not None:
+        out["leave_one_out_floored"], out["leave_one_out_floored_quality"] = {}, {}
     for label, held, sur_names in plan:
+        row_methods = list(dict.fromkeys([*methods, *((extra or {}).get(label) or [])]))
         sur = study.load_surrogates(sur_names, held, ctx.device)
-        p_loo = study.protect_users(methods, ctx.split, ctx.faces, sur, ctx.cfg, device=ctx.device, intruder=held)
+        p_loo = study.protect_users(row_methods, ctx.split, ctx.faces, sur, ctx.cfg, device=ctx.device, intruder=held)
         d = study.evaluate([held], ctx.split, ctx.faces, ctx.distractors, p_loo, scenarios=list(scenarios),
                            metric=("native",), device=ctx.device)
         surrogates[label] = sur_names
-        per_user[label] = study.per_user(d, keys=("method", "scenario"))
-    return surrogates, per_user
+        out["leave_one_out"][label] = study.per_user(d, keys=("method", "scenario"))
+        out["leave_one_out_quality"][label] = quality_numbers(ctx.faces, p_loo, ctx.eps)
+        if floor is not None:
+            out["leave_one_out_floored"][label], out["leave_one_out_floored_quality"][label] = floored_numbers(
+                ctx, p_loo, held, floor)
+    return surrogates, out
+
+
+def quality_numbers(faces: Mapping, prots: Mapping, eps: float, factors: Mapping | None = None) -> dict:
+    """``{method: {"ssim", "ssim_min", "psnr"[, "scale"]: {user: value}}}``: per-user mean and minimum SSIM over
+    the user's protected canvases, mean PSNR and (with ``factors``) the mean perturbation scale kept."""
+    q = study.quality_table(faces, prots, eps)
+    g = q.groupby(["method", "user"])
+    mean, low = g[["ssim", "psnr"]].mean(), g["ssim"].min()
+    out = {m: {"ssim": {u: float(mean.loc[(m, u), "ssim"]) for u in prots[m]},
+               "ssim_min": {u: float(low.loc[(m, u)]) for u in prots[m]},
+               "psnr": {u: float(mean.loc[(m, u), "psnr"]) for u in prots[m]}} for m in prots}
+    for m, by_user in (factors or {}).items():
+        out[m]["scale"] = {u: float(a.float().mean()) for u, a in by_user.items()}
+    return out
+
+
+def floored_numbers(ctx: Context, prots: Mapping, model: str, floor: float,
+                    scenarios: Sequence[str] = ("1a", "2b", "2a")) -> tuple[dict, dict]:
+    """Recall of ``model`` (per user) and quality when every canvas is scaled down to meet the SSIM ``floor``
+    (:func:`protego_nb.study.with_ssim_floor`): each method's strength under the guarantee."""
+    floored, factors = study.with_ssim_floor(prots, ctx.faces, floor)
+    d = study.evaluate([model], ctx.split, ctx.faces, ctx.distractors, floored, scenarios=list(scenarios),
+                       metric=("native",), device=ctx.device)
+    return study.per_user(d, keys=("method", "scenario")), quality_numbers(ctx.faces, floored, ctx.eps, factors)
 
 
 def coverage_scenarios(coverage: Sequence[float]) -> list[str]:

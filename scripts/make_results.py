@@ -188,7 +188,19 @@ TABLES: dict[str, tuple[str, Callable[[dict], pd.DataFrame]]] = {
     "05_robustness": ("05_recall_tables", tables.robustness_table),
     "05_coverage": ("05_recall_tables", tables.coverage_table),
     "05_targets": ("05_recall_tables", tables.targets_table),
+    "05_paired_transfer": ("05_recall_tables", lambda r: tables.methods_paired(r, ref="protego_transfer")),
+    "05_floored": ("05_recall_tables", tables.floored_table),
+    "05_floored_paired": ("05_recall_tables", lambda r: _floored_paired(r)),
+    "05_leave_one_out_floored_paired": ("05_recall_tables",
+                                        lambda r: tables.loo_paired(r, source="leave_one_out_floored")),
+    "05_targets_overview": ("05_recall_tables", tables.targets_overview),
 }
+
+
+def _floored_paired(r: dict) -> pd.DataFrame:
+    parts = [tables.methods_paired(r, ref=ref, floored=True) for ref in ("protego", "protego_transfer")]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts) if parts else pd.DataFrame()
 
 
 def generate_tables(profile: str, root: Path = REPO) -> dict[Path, str]:
@@ -221,7 +233,29 @@ def _main(r: dict) -> str:
             + md(tables.main_table(r)) + "\n\n"
             "Protego against each method on the same users (`a` Protego, `b` the other method; `a - b` < 0: "
             "Protego protects better), 95% paired bootstrap interval over users:\n\n"
-            + md(paired) + "\n\n" + effects_sentence(paired, "Protego-vs-method"))
+            + md(paired) + "\n\n" + effects_sentence(paired, "Protego-vs-method") + _transfer_paired(r))
+
+
+def _transfer_paired(r: dict) -> str:
+    paired = tables.methods_paired(r, ref="protego_transfer")
+    if paired.empty:
+        return ""
+    return ("\n\nThe `transfer` preset (`protego_transfer`: the paper's Protego with 4 textures per user, same "
+            "surrogates) against each method, same users (`a - b` < 0: `protego_transfer` protects better):\n\n"
+            + md(paired) + "\n\n" + effects_sentence(paired, "transfer-vs-method"))
+
+
+def _floored(r: dict) -> str:
+    t = tables.floored_table(r)
+    if t.empty:
+        return "This run did not score the protections under the SSIM floor (notebook 05 before it did)."
+    paired = _floored_paired(r)
+    return (f"Every protected canvas scaled down until it meets SSIM >= {r['params'].get('ssim_floor', 0.95)} "
+            "(its perturbation times the largest factor in [0, 1] that meets the floor, as the CLI does), then "
+            f"scored again by `{r['params']['intruder']}`; recall@K %, mean ± std over users; `min SSIM` is the "
+            "lowest over every canvas, `scale kept` the mean factor:\n\n" + md(t)
+            + "\n\nPaired over the same users under the floor (`a - b` < 0: `a` protects better):\n\n" + md(paired)
+            + "\n\n" + effects_sentence(paired, "floored"))
 
 
 def _models(r: dict) -> str:
@@ -234,8 +268,13 @@ def _loo(r: dict) -> str:
     paired = tables.loo_paired(r)
     text = md(tables.loo_table(r))
     if not paired.empty:
-        text += ("\n\nProtego against the Chameleon-style mask with each model held out, same users, 95% paired "
+        text += ("\n\nWithin each row, the methods against each other (`protego_transfer` the transfer preset, "
+                 "`chameleon` only in the row of the main intruder), same users, 95% paired "
                  "bootstrap interval:\n\n" + md(paired) + "\n\n" + effects_sentence(paired, "leave-one-out"))
+    fl = tables.loo_paired(r, source="leave_one_out_floored")
+    if not fl.empty:
+        text += ("\n\nThe same comparisons with every canvas under the SSIM floor:\n\n" + md(fl) + "\n\n"
+                 + effects_sentence(fl, "leave-one-out floored"))
     ens = tables.ensemble_paired(r)
     if not ens.empty:
         text += ("\n\nThe same held-out model against Protego textures trained with a larger surrogate ensemble "
@@ -243,6 +282,16 @@ def _loo(r: dict) -> str:
                  "the intruder; each row's surrogates are in the table above), same users, 95% paired bootstrap interval (`a - b` < 0: the larger ensemble "
                  "protects better):\n\n" + md(ens) + "\n\n" + effects_sentence(ens, "ensemble"))
     return text
+
+
+def _targets_overview(r: dict) -> str:
+    t = tables.targets_overview(r)
+    if len(tables.target_configurations(r)) < 2:
+        return ""
+    return ("\n\nEvery configuration the run holds (the paper preset `protego` and the transfer preset "
+            "`protego_transfer`; the main table's surrogates and the larger leave-one-out ensemble that holds the "
+            "intruder out), as trained and under the per-canvas SSIM floor, with the intermediate milestone "
+            "(2a <= 0.6 x 1b, and 2a below the Chameleon-style mask's of the same configuration):\n\n" + md(t))
 
 
 def _ablations(r: dict) -> str:
@@ -398,7 +447,8 @@ SECTIONS: dict[str, tuple[str | None, Callable]] = {
     "loo": ("05_recall_tables", _loo),
     "targets": ("05_recall_tables", lambda r: "Each target with the measured value and its 95% bootstrap "
                 "interval over users; `met` is decided only when the whole interval is on one side.\n\n"
-                + md(tables.targets_table(r))),
+                + md(tables.targets_table(r)) + _targets_overview(r)),
+    "floored": ("05_recall_tables", _floored),
     "ablations": ("04_gram_volume_ablations", _ablations),
     "robustness": ("05_recall_tables", lambda r: "Protected images re-encoded before the black-box intruder "
                    "sees them; recall@K %, mean ± std over users.\n\n" + md(tables.robustness_table(r))),

@@ -196,10 +196,20 @@ def test_05_recall_tables(ci_run):
     assert set(r["robustness"]) == {f"{t}/{m}" for t in nbp["TRANSFORMS"] for m in methods}
     for m in methods:  # coverage 0 and 1 are the b and a scenarios
         assert r["coverage"][m]["1b"] == r["main"][m]["1b"] and r["coverage"][m]["2a"] == r["main"][m]["2a"]
-    loo = r["leave_one_out"]  # ci: mobilefacenet held out, Protego trained on the rest of LOO_POOL
-    assert set(loo) == {f"{h}/{m}" for h in nbp["LOO_INTRUDERS"] for m in nbp["LOO_METHODS"]}
-    assert r["params"]["loo_surrogates"]["mobilefacenet"] == [m for m in nbp["LOO_POOL"] if m != "mobilefacenet"]
-    assert loo["mobilefacenet/protego"]["1b"] >= 90
+    loo = r["leave_one_out"]  # ci: the intruder held out, Protego trained on the rest of LOO_POOL
+    intruder = common["INTRUDER"]
+    extra = {f"{intruder}/{m}" for m in nbp["LOO_INTRUDER_METHODS"]}  # only in the intruder's row
+    assert set(loo) == {f"{h}/{m}" for h in nbp["LOO_INTRUDERS"] for m in nbp["LOO_METHODS"]} | extra
+    assert r["params"]["loo_surrogates"][intruder] == [m for m in nbp["LOO_POOL"] if m != intruder]
+    assert loo[f"{intruder}/protego"]["1b"] >= 90
+    # under the SSIM floor every canvas meets it: main table and leave-one-out rows
+    fq = r["per_user"]["floored_quality"]
+    assert set(fq) == set(methods) and set(r["per_user"]["floored"]) == set(methods)
+    assert min(v for m in methods for v in fq[m]["ssim_min"].values()) >= r["params"]["ssim_floor"]
+    lfq = r["per_user"]["leave_one_out_floored_quality"][intruder]
+    assert set(lfq) == set(nbp["LOO_METHODS"]) | set(nbp["LOO_INTRUDER_METHODS"])
+    assert min(v for m in lfq for v in lfq[m]["ssim_min"].values()) >= r["params"]["ssim_floor"]
+    assert all(0 < v <= 1 for m in methods for v in fq[m]["scale"].values())
     f = r["faces"]
     assert f["n_distractors"] == common["MAX_DISTRACTORS"]
     assert f["n_distractors_scored"] + len(f["distractors"]) == f["n_distractors"]
@@ -207,7 +217,8 @@ def test_05_recall_tables(ci_run):
     for name in ("05_main_table", "05_coverage"):
         _fig(ci_run, name)
     for table in ("05_all_models", "05_all_models_cosine", "05_robustness", "05_coverage", "05_leave_one_out",
-                  "05_leave_one_out_paired", "05_faces"):
+                  "05_leave_one_out_paired", "05_faces", "05_floored", "05_floored_paired",
+                  "05_leave_one_out_floored_paired", "05_targets_overview"):
         _table(ci_run, table)
 
 

@@ -98,17 +98,20 @@ def models_table(r: Mapping, metric: str = "native", scenarios: Sequence[str] = 
 
 
 def methods_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] = ("1a", "2b", "2a", "2a-unseen"),
-                   model: str | None = None) -> pd.DataFrame:
+                   model: str | None = None, floored: bool = False) -> pd.DataFrame:
     """``ref`` against every other method on the same users (black-box by default): recall difference
-    ``ref - other`` (negative: ``ref`` protects better) with a 95% paired bootstrap interval."""
+    ``ref - other`` (negative: ``ref`` protects better) with a 95% paired bootstrap interval; ``floored``: the
+    intruder's recall with every canvas under the SSIM floor (:func:`floored_table`)."""
     p = r["params"]
     model = model or p["intruder"]
-    per = r["per_user"]["native"][model]
+    per = (r["per_user"].get("floored") or {}) if floored else r["per_user"]["native"][model]
     rows = []
     for other in p["methods"]:
-        if other == ref or ref not in per:
+        if other == ref or ref not in per or other not in per:
             continue
         for s in scenarios:
+            if s not in per[ref] or s not in per[other]:
+                continue
             row = {"comparison": f"{ref} - {other}", "model": model, "scenario": s}
             row.update(paired_row(per[ref][s], per[other][s]))
             rows.append(row)
@@ -124,23 +127,58 @@ def loo_table(r: Mapping) -> pd.DataFrame:
         for m in _ordered(loo[held], p.get("loo_methods")):
             per = loo[held][m]
             idx.append((held, m))
-            rows.append([_cell(per.get(s)) for s in BASE] + ["+".join(r["params"]["loo_surrogates"][held])])
-    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["held_out", "method"]),
-                        columns=[*BASE, "surrogates"])
+            ssim = ((r["per_user"].get("leave_one_out_quality") or {}).get(held) or {}).get(m, {}).get("ssim")
+            rows.append([_cell(per.get(s)) for s in BASE] + [_cell(ssim, 3) if ssim else "",
+                                                            "+".join(r["params"]["loo_surrogates"][held])])
+    t = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(idx, names=["held_out", "method"]),
+                     columns=[*BASE, "SSIM", "surrogates"])
+    return t if r["per_user"].get("leave_one_out_quality") else t.drop(columns="SSIM")
 
 
-def loo_paired(r: Mapping, ref: str = "protego", other: str = "chameleon",
-               scenarios: Sequence[str] = ("1a", "2b", "2a")) -> pd.DataFrame:
-    loo = r["per_user"].get("leave_one_out") or {}
+#: Leave-one-out comparisons shown where both methods are in a row: the transfer preset against the paper's
+#: method and against the Chameleon-style mask, and the paper's method against the mask.
+LOO_PAIRS = (("protego_transfer", "protego"), ("protego_transfer", "chameleon"), ("protego", "chameleon"))
+
+
+def loo_paired(r: Mapping, pairs: Sequence[tuple[str, str]] = LOO_PAIRS, scenarios: Sequence[str] = ("1a", "2b", "2a"),
+               source: str = "leave_one_out") -> pd.DataFrame:
+    """Each leave-one-out row: ``a - b`` for every pair of methods it holds, paired over users with a 95% interval
+    (``source="leave_one_out_floored"``: the same protections under the per-canvas SSIM floor)."""
+    loo = r["per_user"].get(source) or {}
     rows = []
     for held in _ordered(loo, r["params"].get("loo_intruders")):
         by_method = loo[held]
-        if ref in by_method and other in by_method:
-            for s in scenarios:
-                row = {"held_out": held, "comparison": f"{ref} - {other}", "scenario": s}
-                row.update(paired_row(by_method[ref][s], by_method[other][s]))
-                rows.append(row)
+        for a, b in pairs:
+            if a in by_method and b in by_method:
+                for s in scenarios:
+                    row = {"held_out": held, "comparison": f"{a} - {b}", "scenario": s}
+                    row.update(paired_row(by_method[a][s], by_method[b][s]))
+                    rows.append(row)
     return _frame(rows, ["held_out", "comparison", "scenario"])
+
+
+def floored_table(r: Mapping, source: str = "main") -> pd.DataFrame:
+    """Recall of the intruder when every protected canvas is scaled down to meet the SSIM floor (the guarantee),
+    with the SSIM that remains (mean; the minimum over every user's canvases) and the mean scale kept.
+
+    ``source="main"``: the main table's methods against the intruder; else a leave-one-out row's label."""
+    pu = r["per_user"]
+    if source == "main":
+        per, q = pu.get("floored") or {}, pu.get("floored_quality") or {}
+        order = r["params"].get("methods")
+    else:
+        per = (pu.get("leave_one_out_floored") or {}).get(source) or {}
+        q = (pu.get("leave_one_out_floored_quality") or {}).get(source) or {}
+        order = r["params"].get("loo_methods")
+    rows, idx = [], []
+    for m in _ordered(per, order):
+        idx.append(m)
+        qm = q.get(m, {})
+        low = min(qm["ssim_min"].values()) if qm.get("ssim_min") else float("nan")
+        rows.append([_cell(per[m].get(s)) for s in ("1a", "2b", "2a")]
+                    + [_cell(qm.get("ssim"), 3), f"{low:.3f}", _cell(qm.get("scale"), 2)])
+    return pd.DataFrame(rows, index=pd.Index(idx, name="method"),
+                        columns=["1a", "2b", "2a", "SSIM", "min SSIM", "scale kept"])
 
 
 def ensemble_paired(r: Mapping, ref: str = "protego", scenarios: Sequence[str] = ("1a", "2b", "2a")) -> pd.DataFrame:
@@ -195,21 +233,27 @@ def coverage_table(r: Mapping) -> pd.DataFrame:
     return recall_table(cov, _ordered(present, scen), methods)
 
 
-def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") -> pd.DataFrame:
-    """The black-box transfer targets, each with the measured value and its 95% bootstrap interval over users."""
-    p = r["params"]
-    per = r["per_user"]["native"][p["intruder"]]
+def _target_rows(per: Mapping, ssim: Mapping | None, ref: str, other: str, milestone: bool = False) -> list[dict]:
+    """The transfer targets for ``ref`` from ``per[method][scenario][user]`` (recall %) and ``ssim[user]``."""
     zero = {u: 0.0 for u in per[ref]["1b"]}
     rows = []
     ratio = stats.paired_ratio_bootstrap(per[ref]["2a"], per[ref]["1b"])
     rows.append({"target": "Protego black-box 2a <= 0.3 x 1b", "measured": _ratio_text(ratio, "x 1b"),
                  "met": _met(ratio["hi"] <= 0.3, ratio["lo"] > 0.3)})
+    if milestone:
+        rows.append({"target": "milestone: 2a <= 0.6 x 1b", "measured": _ratio_text(ratio, "x 1b"),
+                     "met": _met(ratio["hi"] <= 0.6, ratio["lo"] > 0.6)})
     for s in ("1a", "2b"):
         d = stats.paired_bootstrap(per[ref][s], zero)
         rows.append({"target": f"Protego black-box {s} <= 5%",
                      "measured": f"{d.diff:.1f}% [{d.lo:.1f}, {d.hi:.1f}]",
                      "met": _met(d.hi <= 5, d.lo > 5)})
     if other in per:
+        if milestone:
+            d = stats.paired_bootstrap(per[ref]["2a"], per[other]["2a"])
+            met = _met(d.hi < 0, d.lo >= 0) if d.n >= MIN_USERS_FOR_EFFECT else _effect(d)
+            rows.append({"target": "milestone: 2a below Chameleon-style's (interval excludes 0)",
+                         "measured": f"{stats.fmt_ci(d, 1)} points", "met": met})
         red_p = {u: per[ref]["1b"][u] - per[ref]["2a"][u] for u in zero}
         red_o = {u: per[other]["1b"][u] - per[other]["2a"][u] for u in zero}
         ratio = stats.paired_ratio_bootstrap(red_p, red_o)
@@ -218,11 +262,66 @@ def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") ->
         rows.append({"target": "Protego 2a reduction (1b - 2a) >= 2.5 x Chameleon-style's",
                      "measured": f"{m_p:.1f} vs {m_o:.1f} points: " + _ratio_text(ratio, "x"),
                      "met": _met(ratio["lo"] >= 2.5, ratio["hi"] < 2.5) if defined else "undefined"})
-    q = r["per_user"]["quality"][ref]["ssim"]
-    d = stats.paired_bootstrap(q, {u: 0.0 for u in q})
-    rows.append({"target": "mean SSIM >= 0.95", "measured": f"{d.diff:.3f} [{d.lo:.3f}, {d.hi:.3f}]",
-                 "met": _met(d.lo >= 0.95, d.hi < 0.95)})
-    return pd.DataFrame(rows).set_index("target")
+    if ssim:
+        d = stats.paired_bootstrap(ssim, {u: 0.0 for u in ssim})
+        rows.append({"target": "mean SSIM >= 0.95", "measured": f"{d.diff:.3f} [{d.lo:.3f}, {d.hi:.3f}]",
+                     "met": _met(d.lo >= 0.95, d.hi < 0.95)})
+    return rows
+
+
+def targets_table(r: Mapping, ref: str = "protego", other: str = "chameleon") -> pd.DataFrame:
+    """The black-box transfer targets, each with the measured value and its 95% bootstrap interval over users."""
+    p = r["params"]
+    per = r["per_user"]["native"][p["intruder"]]
+    return pd.DataFrame(_target_rows(per, r["per_user"]["quality"][ref]["ssim"], ref, other)).set_index("target")
+
+
+def _with_1b(floored: Mapping, clean: Mapping) -> dict:
+    """Floored recall with the unprotected 1b of the same run (the floor does not touch clean photos)."""
+    return {m: {**floored[m], "1b": clean[m]["1b"]} for m in floored if m in clean}
+
+
+def target_configurations(r: Mapping, refs: Sequence[str] = ("protego", "protego_transfer"),
+                          other: str = "chameleon") -> list[tuple[str, str, dict, Mapping | None]]:
+    """``(label, method, per[method][scenario][user], ssim_min[user] or None)`` for every configuration the run
+    holds: the main table (the profile's surrogates) and the leave-one-out row of the intruder (the larger
+    ensemble the CLI ships), each as trained and under the per-canvas SSIM floor."""
+    p, pu = r["params"], r["per_user"]
+    intruder = p["intruder"]
+    n_main = len(p.get("surrogates") or [])
+    sources = [(f"{n_main} surrogates (main table)", pu["native"][intruder], pu.get("floored"), pu.get("floored_quality"))]
+    loo = (pu.get("leave_one_out") or {}).get(intruder)
+    if loo:
+        n = len(p.get("loo_surrogates", {}).get(intruder, []))
+        sources.append((f"{n} surrogates (leave-one-out {intruder})", loo,
+                        (pu.get("leave_one_out_floored") or {}).get(intruder),
+                        (pu.get("leave_one_out_floored_quality") or {}).get(intruder)))
+    out = []
+    for label, per, floored, fq in sources:
+        for ref in refs:
+            if ref not in per:
+                continue
+            out.append((f"{ref}, {label}", ref, per, None))
+            if floored and ref in floored:
+                out.append((f"{ref}, {label}, SSIM floor", ref, _with_1b(floored, per), (fq or {}).get(ref, {}).get("ssim_min")))
+    return out
+
+
+def targets_overview(r: Mapping, refs: Sequence[str] = ("protego", "protego_transfer"),
+                     other: str = "chameleon") -> pd.DataFrame:
+    """Every target (and the intermediate milestone) for each configuration the run holds, as trained and under
+    the SSIM floor (where every canvas meets it: the floor's rows report the lowest SSIM instead of the mean)."""
+    rows = []
+    for label, ref, per, ssim_min in target_configurations(r, refs, other):
+        for row in _target_rows(per, None, ref, other, milestone=True):
+            rows.append({"configuration": label, **row})
+        if ssim_min:
+            low = min(ssim_min.values())
+            rows.append({"configuration": label, "target": "every canvas SSIM >= 0.95",
+                         "measured": f"lowest {low:.3f}", "met": "yes" if low >= 0.95 else "no"})
+    if not rows:
+        return pd.DataFrame(columns=["configuration", "target", "measured", "met"]).set_index(["configuration", "target"])
+    return pd.DataFrame(rows).set_index(["configuration", "target"])
 
 
 def _ratio_text(ratio: Mapping, unit: str) -> str:

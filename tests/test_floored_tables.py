@@ -1,0 +1,97 @@
+"""Notebook 05's transfer-preset tables: the SSIM-floor table, the leave-one-out pairs and the targets overview."""
+
+import numpy as np
+
+from protego_nb.evaluate import tables
+
+N = 8
+
+
+def _users(values):
+    return {f"user{i}": float(v) for i, v in enumerate(values)}
+
+
+def _recall(rng, b1, level):
+    return {"1b": _users(b1), **{s: _users(np.clip(level + rng.normal(0, 1, N), 0, 100)) for s in ("1a", "2b", "2a")}}
+
+
+def _run(with_floor=True):
+    rng = np.random.default_rng(1)
+    b1 = rng.uniform(95, 100, N)
+    main = {"protego": _recall(rng, b1, 90), "protego_transfer": _recall(rng, b1, 70), "chameleon": _recall(rng, b1, 89)}
+    loo = {"protego": _recall(rng, b1, 80), "protego_transfer": _recall(rng, b1, 40), "chameleon": _recall(rng, b1, 85)}
+    r = {"params": {"intruder": "sface", "methods": ["protego", "protego_transfer", "chameleon"],
+                    "surrogates": ["dlib_resnet", "mobilefacenet"], "loo_intruders": ["sface"],
+                    "loo_methods": ["protego", "protego_transfer"],
+                    "loo_surrogates": {"sface": ["a", "b", "c", "d", "e"]}, "ssim_floor": 0.95},
+         "per_user": {"native": {"sface": main},
+                      "quality": {m: {"ssim": _users(rng.uniform(0.93, 0.94, N))} for m in main},
+                      "leave_one_out": {"sface": loo},
+                      "leave_one_out_quality": {"sface": {m: {"ssim": _users(rng.uniform(0.93, 0.94, N))} for m in loo}}}}
+    if with_floor:
+        q = {m: {"ssim": _users(rng.uniform(0.95, 0.96, N)), "ssim_min": _users(rng.uniform(0.950, 0.951, N)),
+                 "scale": _users(rng.uniform(0.7, 0.9, N))} for m in main}
+        r["per_user"]["floored"] = {m: {s: _users(np.array(list(v[s].values())) + 3) for s in ("1a", "2b", "2a")}
+                                    for m, v in main.items()}
+        r["per_user"]["floored_quality"] = q
+        r["per_user"]["leave_one_out_floored"] = {"sface": {m: {s: v[s] for s in ("1a", "2b", "2a")} for m, v in loo.items()}}
+        r["per_user"]["leave_one_out_floored_quality"] = {"sface": q}
+    return r
+
+
+def test_floored_table_reports_recall_the_lowest_ssim_and_the_scale():
+    t = tables.floored_table(_run())
+    assert list(t.index) == ["protego", "protego_transfer", "chameleon"]
+    assert list(t.columns) == ["1a", "2b", "2a", "SSIM", "min SSIM", "scale kept"]
+    assert all(float(v) >= 0.95 for v in t["min SSIM"])
+    r = _run()
+    main_2a = np.mean(list(r["per_user"]["native"]["sface"]["protego"]["2a"].values()))
+    assert t.loc["protego", "2a"].startswith(f"{main_2a + 3:.1f} ±")  # the synthetic floor adds 3 points
+    assert tables.floored_table(_run(with_floor=False)).empty
+    assert not tables.floored_table(_run(), source="sface").empty
+
+
+def test_floored_paired_skips_scenarios_the_floor_does_not_score():
+    p = tables.methods_paired(_run(), ref="protego_transfer", floored=True)
+    assert set(p.index.get_level_values("scenario")) == {"1a", "2b", "2a"}  # no -unseen under the floor
+    row = p.loc[("protego_transfer - protego", "2a")]
+    assert row["effect"] == "yes" and row["a - b [95% CI]"].startswith("-")
+
+
+def test_loo_paired_compares_every_pair_present_in_a_row():
+    p = tables.loo_paired(_run())
+    comps = set(p.index.get_level_values("comparison"))
+    assert comps == {"protego_transfer - protego", "protego_transfer - chameleon", "protego - chameleon"}
+    assert p.loc[("sface", "protego_transfer - chameleon", "2a"), "effect"] == "yes"
+    assert tables.loo_paired(_run(), pairs=[("protego", "fawkes")]).empty  # absent methods: no row
+    assert not tables.loo_paired(_run(), source="leave_one_out_floored").empty
+
+
+def test_loo_table_has_an_ssim_column_only_when_the_run_recorded_it():
+    r = _run()
+    assert "SSIM" in tables.loo_table(r).columns
+    del r["per_user"]["leave_one_out_quality"]
+    assert "SSIM" not in tables.loo_table(r).columns
+
+
+def test_targets_overview_covers_both_presets_both_ensembles_and_the_floor():
+    t = tables.targets_overview(_run())
+    configs = list(dict.fromkeys(t.index.get_level_values("configuration")))
+    assert configs == ["protego, 2 surrogates (main table)", "protego, 2 surrogates (main table), SSIM floor",
+                       "protego_transfer, 2 surrogates (main table)",
+                       "protego_transfer, 2 surrogates (main table), SSIM floor",
+                       "protego, 5 surrogates (leave-one-out sface)", "protego, 5 surrogates (leave-one-out sface), SSIM floor",
+                       "protego_transfer, 5 surrogates (leave-one-out sface)",
+                       "protego_transfer, 5 surrogates (leave-one-out sface), SSIM floor"]
+    # the synthetic transfer preset at 40% against 1b ~97%: the milestone (<= 0.6 x 1b) is met, the target is not
+    c = "protego_transfer, 5 surrogates (leave-one-out sface)"
+    assert t.loc[(c, "milestone: 2a <= 0.6 x 1b"), "met"] == "yes"
+    assert t.loc[(c, "Protego black-box 2a <= 0.3 x 1b"), "met"] == "no"
+    assert t.loc[(c, "milestone: 2a below Chameleon-style's (interval excludes 0)"), "met"] == "yes"
+    assert t.loc[("protego, 2 surrogates (main table)", "milestone: 2a <= 0.6 x 1b"), "met"] == "no"
+    assert t.loc[(c + ", SSIM floor", "every canvas SSIM >= 0.95"), "met"] == "yes"
+    # a floored canvas below the floor is reported, not hidden
+    r = _run()
+    r["per_user"]["leave_one_out_floored_quality"]["sface"]["protego_transfer"]["ssim_min"]["user0"] = 0.949
+    t = tables.targets_overview(r)
+    assert t.loc[(c + ", SSIM floor", "every canvas SSIM >= 0.95"), "met"] == "no"
