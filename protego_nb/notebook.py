@@ -418,6 +418,34 @@ def target_numbers(results: Mapping, targets, ref: str = "protego", other: str =
     return t
 
 
+# --- 04: transfer section --------------------------------------------------------------------------------
+
+
+def bench_record(name: str) -> dict:
+    """A committed benchmark record ``data/results/bench/<name>.json`` (a transfer diagnostic or lever run)."""
+    import json
+
+    path = paths.REPO_ROOT / "data" / "results" / "bench" / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such committed benchmark record (TRANSFER_RECORDS names a file stem)")
+    return json.loads(path.read_text())
+
+
+def bench_tables(name: str) -> tuple[str, list]:
+    """``(source line, tables)`` of a committed transfer record: a diagnostic (``values``: the cells and their
+    contrasts) or a lever run (``per_user.ablations``: the levers and each lever minus the base)."""
+    from .evaluate import tables
+
+    rec = bench_record(name)
+    git = rec.get("git") or {}
+    commit = (rec.get("commit") or git.get("commit") or "unknown")[:10]
+    users = rec.get("users") or []
+    source = f"{name}: `{rec.get('command', '?')}` at commit {commit}, {len(users)} users"
+    if "values" in rec:
+        return source, [tables.transfer_cells_table(rec), tables.transfer_contrasts_table(rec)]
+    return source, [tables.ablation_table(rec), tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)]
+
+
 # --- 06: pose study ---------------------------------------------------------------------------------------
 
 

@@ -177,6 +177,10 @@ TABLES: dict[str, tuple[str, Callable[[dict], pd.DataFrame]]] = {
     "03_cohesion_paired": ("03_dense_cluster_umap", tables.cohesion_paired),
     "04_ablations": ("04_gram_volume_ablations", tables.ablation_table),
     "04_ablations_paired": ("04_gram_volume_ablations", tables.ablation_paired),
+    "04_transfer_cells": ("04_gram_volume_ablations", lambda r: _transfer04(r)[0]),
+    "04_transfer_contrasts": ("04_gram_volume_ablations", lambda r: _transfer04(r)[1]),
+    "04_transfer_levers": ("04_gram_volume_ablations", lambda r: _transfer04(r)[2]),
+    "04_transfer_levers_paired": ("04_gram_volume_ablations", lambda r: _transfer04(r)[3]),
     "05_faces": ("05_recall_tables", tables.faces_table),
     "05_main_table": ("05_recall_tables", tables.main_table),
     "05_paired": ("05_recall_tables", tables.methods_paired),
@@ -201,6 +205,38 @@ def _floored_paired(r: dict) -> pd.DataFrame:
     parts = [tables.methods_paired(r, ref=ref, floored=True) for ref in ("protego", "protego_transfer")]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def _transfer04(r: dict) -> list[pd.DataFrame]:
+    """Notebook 04's transfer section: the diagnostic's cells and contrasts, the levers and each lever minus the
+    base (empty frames for a run before the section existed)."""
+    out = [pd.DataFrame()] * 4
+    if "transfer_diagnostics" in r:
+        d = r["transfer_diagnostics"]
+        out[0], out[1] = tables.transfer_cells_table(d), tables.transfer_contrasts_table(d)
+    lev = (r.get("per_user") or {}).get("transfer_levers")
+    if lev:
+        rec = {"params": {"ablations": list(lev)}, "per_user": {"ablations": lev}}
+        out[2], out[3] = tables.ablation_table(rec), tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)
+    return out
+
+
+def _transfer04_section(r: dict) -> str:
+    cells, contrasts, levers, paired = _transfer04(r)
+    if cells.empty and levers.empty:
+        return ("This notebook-04 run predates its transfer section; the 10-user transfer measurements are the "
+                "benchmark records in the sections below.")
+    p = r["params"]
+    text = ""
+    if not cells.empty:
+        text += (f"The diagnostic's cells on {len(r['transfer_diagnostics']['users'])} users (black-box "
+                 f"`{p['intruder']}`; recall %, mean ± std over users):\n\n" + md(cells) + "\n\nContrasts, paired "
+                 "over users (`a - b`, 95% interval):\n\n" + md(contrasts) + "\n\n"
+                 + effects_sentence(contrasts, "diagnostic"))
+    if not levers.empty:
+        text += ("\n\nTransfer levers against the base (`lever - base` < 0: the lever protects better):\n\n"
+                 + md(levers) + "\n\n" + md(paired) + "\n\n" + effects_sentence(paired, "transfer lever"))
+    return text.strip()
 
 
 def generate_tables(profile: str, root: Path = REPO) -> dict[Path, str]:
@@ -450,6 +486,7 @@ SECTIONS: dict[str, tuple[str | None, Callable]] = {
                 + md(tables.targets_table(r)) + _targets_overview(r)),
     "floored": ("05_recall_tables", _floored),
     "ablations": ("04_gram_volume_ablations", _ablations),
+    "notebook_transfer": ("04_gram_volume_ablations", _transfer04_section),
     "robustness": ("05_recall_tables", lambda r: "Protected images re-encoded before the black-box intruder "
                    "sees them; recall@K %, mean ± std over users.\n\n" + md(tables.robustness_table(r))),
     "coverage": ("05_recall_tables", lambda r: "Only a fraction of the user's gallery protected (`1-cov*` clean "

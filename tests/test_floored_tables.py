@@ -95,3 +95,56 @@ def test_targets_overview_covers_both_presets_both_ensembles_and_the_floor():
     r["per_user"]["leave_one_out_floored_quality"]["sface"]["protego_transfer"]["ssim_min"]["user0"] = 0.949
     t = tables.targets_overview(r)
     assert t.loc[(c + ", SSIM floor", "every canvas SSIM >= 0.95"), "met"] == "no"
+
+
+def test_transfer_diagnostic_tables_render_the_committed_record():
+    """The committed 10-user diagnostic: the numbers the README quotes come out of the table functions."""
+    from protego_nb import notebook
+
+    rec = notebook.bench_record("transfer_diagnostics_10u")
+    cells = tables.transfer_cells_table(rec)
+    assert list(cells.index[:4]) == ["ppt_protego", "ppt_lowkey", "image_protego", "image_lowkey"]
+    assert cells.loc["ppt_protego", "sface 2a"].startswith("90.9") and cells.loc["image_protego", "sface 2a"].startswith("53.9")
+    c = tables.transfer_contrasts_table(rec)
+    assert c.loc[("image_vs_ppt (protego)", "sface_2a"), "a - b [95% CI]"] == "-37.1 [-43.7, -30.8]"
+    assert c.loc[("image_vs_ppt (protego)", "sface_2a"), "effect"] == "yes"
+    floor = tables.transfer_contrasts_table(rec, version="floor")
+    assert floor.loc[("image_vs_ppt (protego)", "sface_2a"), "a - b [95% CI]"].startswith("-39.4")
+
+
+def test_every_transfer_record_a_profile_names_is_committed_and_renders():
+    import yaml
+
+    from protego_nb import notebook, paths
+
+    names = set()
+    for profile in ("ci", "default", "full"):
+        p = yaml.safe_load((paths.REPO_ROOT / "notebooks" / "params" / f"{profile}.yaml").read_text())
+        names |= set(p["04_gram_volume_ablations"].get("TRANSFER_RECORDS") or [])
+    assert "transfer_levers_votes_textures" in names
+    for name in sorted(names):
+        source, tabs = notebook.bench_tables(name)
+        assert name in source and "commit" in source and all(not t.empty for t in tabs), name
+    rec = notebook.bench_record("transfer_levers_votes_textures")
+    p = tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)
+    assert p.loc[("textures4", "bb_2a"), "lever - base [95% CI]"] == "-23.0 [-30.0, -16.1]"  # README's number
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="no such committed benchmark record"):
+        notebook.bench_record("no_such_record")
+
+
+def test_the_readme_section_of_notebook_04s_transfer_section():
+    from protego_nb import notebook
+    from scripts import make_results as mr
+
+    assert "predates its transfer section" in mr._transfer04_section({"params": {"intruder": "sface"}, "per_user": {}})
+    diag = notebook.bench_record("transfer_diagnostics_10u")
+    levers = notebook.bench_record("transfer_levers_votes_textures")["per_user"]["ablations"]
+    r = {"params": {"intruder": "sface"},
+         "transfer_diagnostics": {"users": diag["users"], "intruder": "sface", "white": ["dlib_resnet", "mobilefacenet"],
+                                  "values": diag["values"], "paired": diag["paired"]},
+         "per_user": {"transfer_levers": levers}}
+    text = mr._transfer04_section(r)
+    assert "on 10 users" in text and "-37.1 [-43.7, -30.8]" in text and "-23.0 [-30.0, -16.1]" in text
+    assert "image_vs_ppt (protego) sface_2a: -37.1" in text  # the effects sentence names it

@@ -167,6 +167,20 @@ def test_04_gram_volume_ablations(ci_run):
     paired = _table(ci_run, "04_ablations_paired")
     assert len(paired.splitlines()) == 2 + 3 * (len(nbp["ABLATIONS"]) - 1)
     _fig(ci_run, "04_ablations")
+    # the transfer section: every diagnostic cell scored raw and under the SSIM floor, its contrasts paired
+    diag = r["transfer_diagnostics"]
+    assert diag["cells"] == nbp["TRANSFER_CELLS"] and set(diag["values"]) == {"raw", "floor"}
+    for cell in nbp["TRANSFER_CELLS"]:
+        v = diag["values"]["raw"][cell]
+        bb = r["params"]["intruder"]
+        assert len(v[f"{bb}_2a"]) == n_users and all(0 <= x <= 1 for x in v[f"{bb}_common_fraction"].values())
+        assert min(diag["values"]["floor"][cell]["ssim_min"].values()) >= 0.95  # the floor holds on every canvas
+    assert "image_vs_ppt|protego" in diag["paired"]["raw"]
+    assert [ln.split("|")[1].strip() for ln in _table(ci_run, "04_transfer_cells").splitlines()[2:]] == nbp["TRANSFER_CELLS"]
+    # the levers: the base's values are the ablation section's (same cached textures), each lever paired with it
+    lev = r["per_user"]["transfer_levers"]
+    assert set(lev) == {"base", *nbp["TRANSFER_LEVERS"]} and lev["base"]["bb_2a"] == per["base"]["bb_2a"]
+    assert len(_table(ci_run, "04_transfer_levers_paired").splitlines()) == 2 + 4 * len(nbp["TRANSFER_LEVERS"])
 
 
 def test_05_recall_tables(ci_run):

@@ -370,6 +370,10 @@ def ablation_table(r: Mapping) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("ablation")
 
 
+#: The transfer lever tables' paired columns: black-box 2a, 1a, 2b and white-box 2a.
+TRANSFER_COLUMNS = ("bb_2a", "bb_1a", "bb_2b", "wb_2a")
+
+
 def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("bb_2a", "bb_1a", "wb_2a")) -> pd.DataFrame:
     """Each lever against ``base`` on the same users: ``lever - base`` with a 95% paired bootstrap interval."""
     per = r["per_user"]["ablations"]
@@ -388,6 +392,56 @@ def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("b
 
 
 # ------------------------------------------------------------------------------------------- notebook 03
+def transfer_cells_table(rec: Mapping, version: str = "raw") -> pd.DataFrame:
+    """The transfer diagnostic's cells (a live :func:`protego_nb.study.transfer.diagnose` record or the committed
+    ``transfer_diagnostics`` JSON): the intruder's recall, white-box 2a, SSIM and the share of each user's
+    black-box shift common to all their photos (mean ± std over users)."""
+    bb, white = _diag_roles(rec)
+    vals = rec["values"][version]
+    cols = {f"{bb} 1a": f"{bb}_1a", f"{bb} 2b": f"{bb}_2b", f"{bb} 2a": f"{bb}_2a",
+            **{f"{m} 2a": f"{m}_2a" for m in white}}
+    rows, idx = [], []
+    for cell, v in vals.items():
+        idx.append(cell)
+        rows.append([_cell(v.get(k)) for k in cols.values()]
+                    + [_cell(v.get("ssim"), 3), _cell(v.get(f"{bb}_common_fraction"), 2),
+                       _cell(v.get(f"{bb}_within_cos_protected"), 2)])
+    return pd.DataFrame(rows, index=pd.Index(idx, name="cell"),
+                        columns=[*cols, "SSIM", "common share of the shift", "within-user cos (protected)"])
+
+
+def transfer_contrasts_table(rec: Mapping, version: str = "raw") -> pd.DataFrame:
+    """Each contrast of the diagnostic (``a - b``: carrier within a loss, loss within a carrier, refinement)
+    on the intruder's recall and the shift's common share, with the 95% paired interval."""
+    bb, white = _diag_roles(rec)
+    keys = [f"{bb}_1a", f"{bb}_2b", f"{bb}_2a", *[f"{m}_2a" for m in white], f"{bb}_common_fraction", "ssim"]
+    rows = []
+    for cname, by_key in (rec.get("paired") or {}).get(version, {}).items():
+        for k in keys:
+            d = by_key.get(k)
+            if d is None:
+                continue
+            digits = 3 if k == "ssim" else 2 if k.endswith("_fraction") else 1
+            rows.append({"contrast": _contrast_name(cname), "value": k, "n": d["n"], "a - b [95% CI]": stats.fmt_ci(d, digits),
+                         "effect": _effect(stats.PairedDiff(**{f: d[f] for f in ("n", "mean_a", "mean_b", "diff",
+                                                                                   "lo", "hi")}))})
+    return _frame(rows, ["contrast", "value"])
+
+
+def _contrast_name(name: str) -> str:
+    """``image_vs_ppt|protego`` -> ``image_vs_ppt (protego)``: no ``|`` inside a Markdown table cell."""
+    a, _, b = name.partition("|")
+    return f"{a} ({b})" if b else a
+
+
+def _diag_roles(rec: Mapping) -> tuple[str, list[str]]:
+    """(intruder, white-box models) of a diagnostic record (live, or the benchmark's ``args``)."""
+    if "intruder" in rec:
+        return rec["intruder"], list(rec.get("white") or [])
+    a = rec["args"]
+    return a["intruder"], list(a.get("white") or a["surrogates"])
+
+
 def cohesion_table(r: Mapping) -> pd.DataFrame:
     """Within-user cosine (mean ± std over users) and between-user cosine, per model and state."""
     per = r["per_user"]["cohesion_within"]

@@ -50,12 +50,15 @@ from ..protect.ssim import per_image_ssim
 from ..protect.texture import init_texture
 from .faces import FaceSet
 from .protections import Protection, run_method, with_ssim_floor
+from .roles import load_surrogates
 from .scoring import features_for
 
 __all__ = [
     "CELLS",
     "CONTRASTS",
     "cell_methods",
+    "diagnose",
+    "diagnostic_keys",
     "lowkey_texture",
     "paired_summary",
     "protego_per_image",
@@ -339,3 +342,42 @@ def paired_summary(values: Mapping[str, Mapping[str, Mapping[str, float]]], keys
             if k in values[a] and k in values[b]:
                 out.setdefault(cname, {})[k] = stats.paired_bootstrap(values[a][k], values[b][k], seed=seed).to_dict()
     return out
+
+
+def diagnostic_keys(intruder: str, white: Sequence[str]) -> list[str]:
+    """The per-user values each contrast is paired on: the intruder's 1a/2b/2a, white-box 2a, SSIM, seconds and
+    the intruder's shift decomposition (share common to a user's photos, residual, within-user cosine)."""
+    return ([f"{intruder}_{s}" for s in ("1a", "2b", "2a")] + [f"{m}_2a" for m in white]
+            + ["ssim", "seconds", f"{intruder}_common_fraction", f"{intruder}_residual_rms",
+               f"{intruder}_within_cos_protected"])
+
+
+def diagnose(
+    cells: Sequence[str],
+    split,
+    faces: Mapping[str, FaceSet],
+    distractors: FaceSet,
+    surrogates: Sequence[str],
+    intruder: str,
+    cfg: tr.TrainConfig,
+    device: str = "cpu",
+    steps: int = 30,
+    lr: float = lowkey.LOWKEY_DEFAULTS["lr"],
+) -> dict:
+    """The 2x2 diagnostic {shared UV texture, per-image perturbation} x {Protego loss, LowKey-style loss} on
+    ``faces``' users: every cell protected (cached like the study's), scored as produced (``raw``) and with every
+    canvas under the SSIM floor (``floor``) by the intruder and the surrogates, and the :data:`CONTRASTS` paired
+    over users. The record has the layout of ``benchmarks/transfer_diagnostics.py``'s JSON (``values``,
+    ``paired``), so :func:`protego_nb.evaluate.tables.transfer_cells_table` renders either."""
+    sur = load_surrogates(surrogates, intruder, device)
+    prots = run_cells(cells, split, faces, sur, cfg, intruder, device=device, steps=steps, lr=lr)
+    fl, factors = floored(prots, faces, cfg.min_ssim)
+    models = [intruder, *surrogates]
+    values = {"raw": score_cells(prots, split, faces, distractors, models, device=device),
+              "floor": score_cells(fl, split, faces, distractors, models, device=device)}
+    for cell, by_user in factors.items():
+        values["floor"][cell]["floor_factor_mean"] = {u: float(a.float().mean()) for u, a in by_user.items()}
+    keys = diagnostic_keys(intruder, surrogates)
+    return {"cells": list(cells), "intruder": intruder, "white": list(surrogates), "users": list(faces),
+            "steps": int(steps), "lr": float(lr), "values": values,
+            "paired": {v: paired_summary(values[v], keys, CONTRASTS) for v in values}}
