@@ -320,7 +320,8 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     key = cfg.key_dict()
     assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
     later = ("grad_smooth", "blur_view", "consistent_clean", "push_target", "logdet_relative", "n_textures",
-             "texture_diversity", "grad_vote")
+             "texture_diversity", "grad_vote", "spectrum_copies", "spectrum_rho", "spectrum_sigma",
+             "neighbour_samples", "neighbour_radius")
     assert {k: v for k, v in cfg.to_dict().items() if k not in later} == key
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on
@@ -328,6 +329,9 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     assert cfg.replace(push_target="centre").key_dict()["push_target"] == "centre"
     assert cfg.replace(logdet_relative=True).key_dict()["logdet_relative"] is True
     assert cfg.replace(n_textures=4).key_dict()["n_textures"] == 4
+    ssa = cfg.replace(spectrum_copies=5).key_dict()
+    assert ssa["spectrum_copies"] == 5 and ssa["consistent_clean"] is True and "spectrum_rho" not in ssa
+    assert cfg.replace(neighbour_samples=3).key_dict()["neighbour_samples"] == 3
 
 
 # ---------------------------------------------------------------- several textures per user (lever 8b)
@@ -580,3 +584,69 @@ def test_trained_texture_matches_its_golden_hash(case):
     c, lm, w = _data()
     r = T.train_ppt(c, lm, w, MODELS, _cfg(epochs=3, **options), progress=False)
     assert hashlib.sha256(r.texture.contiguous().numpy().tobytes()).hexdigest()[:16] == digest
+
+
+# ---------------------------------------------------------------- spectrum simulation (lever 3), neighbourhood (lever 4)
+
+
+def test_dct_matrix_is_orthonormal_and_the_spectrum_view_is_the_identity_without_noise_or_scaling():
+    from protego_nb.protect import views
+
+    d = views.dct_matrix(7)
+    assert torch.allclose(d @ d.T, torch.eye(7), atol=1e-5)
+    # a constant signal has only the DC coefficient
+    c = d @ torch.ones(7)
+    assert abs(float(c[0]) - 7 ** 0.5) < 1e-5 and float(c[1:].abs().max()) < 1e-5
+    x = torch.rand(2, 3, 8, 6)
+    same = views.spectrum_apply(x, torch.zeros_like(x), torch.ones_like(x))
+    assert torch.allclose(same, x, atol=1e-5)
+    cfg = T.TrainConfig.from_preset("paper", spectrum_copies=2, spectrum_rho=0.5)
+    noise, mask = views.spectrum_draw(tuple(x.shape), cfg, torch.Generator().manual_seed(0))
+    assert float(mask.min()) >= 0.5 and float(mask.max()) <= 1.5 and abs(float(noise.std()) - 16 / 255) < 0.01
+    assert not torch.allclose(views.spectrum_apply(x, noise, mask), x, atol=1e-3)
+
+
+def test_the_spectrum_view_gives_the_clean_reference_the_same_draw():
+    cfg = T.TrainConfig.from_preset("paper", spectrum_copies=2)
+    x = torch.rand(3, 3, 16, 16)
+    tex = torch.zeros(1, 3, 8, 8)
+    warp = X.FlatWarp.for_canvases(x)
+    v = T._protected_views(tex, x, torch.zeros(3, 5, 2), warp, cfg, torch.Generator().manual_seed(0))
+    # a zero texture: protected and clean canvases are the same, so are their spectrum views
+    assert torch.allclose(v.x_in, v.x_clean_in, atol=1e-6) and not torch.allclose(v.x_in, x, atol=1e-3)
+    assert v.recompute is not None and bool(v.recompute.all()) and v.applied is None  # no landmark jitter
+    off = T._protected_views(tex, x, torch.zeros(3, 5, 2), warp, cfg.replace(spectrum_copies=0),
+                             torch.Generator().manual_seed(0))
+    assert off.recompute is None and torch.equal(off.x_in, off.x_prot)
+
+
+def test_the_gradient_points_draw_nothing_by_default_and_stay_within_the_radius():
+    cfg = T.TrainConfig.from_preset("paper")
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    tex = torch.zeros(1, 3, 4, 4)
+    assert len(T._gradient_points(tex, cfg, g)) == 1 and torch.equal(g.get_state(), state)
+    pts = T._gradient_points(tex, cfg.replace(neighbour_samples=3, neighbour_radius=1.5), g)
+    assert len(pts) == 4 and torch.equal(pts[0], tex)
+    assert all(float(p.abs().max()) <= 1.5 * cfg.eps + 1e-7 and not torch.equal(p, tex) for p in pts[1:])
+
+
+def test_invalid_spectrum_and_neighbourhood_settings_are_refused():
+    for bad in ({"spectrum_copies": -1}, {"spectrum_rho": 1.0}, {"spectrum_sigma": -0.1}, {"neighbour_samples": -2},
+                {"neighbour_radius": -1.0}):
+        with pytest.raises(ValueError, match="invalid TrainConfig"):
+            T.TrainConfig.from_preset("paper", **bad).validate()
+
+
+@pytest.mark.parametrize("lever", [{"spectrum_copies": 2}, {"neighbour_samples": 2},
+                                   {"spectrum_copies": 2, "neighbour_samples": 1, "n_textures": 2}])
+def test_training_with_the_spectrum_view_and_the_neighbourhood_lowers_the_loss_within_the_bound(lever):
+    canvases, landmarks, warps = _data()
+    cfg = _cfg(epochs=8, **lever)
+    res = T.train_ppt(canvases, landmarks, warps, MODELS, cfg, progress=False)
+    h = res.history["total"]
+    assert sum(h[-3:]) / 3 < sum(h[:3]) / 3 - 0.1 and all(math.isfinite(v) for v in h)
+    assert res.texture.abs().max() <= torch.tensor(cfg.eps, dtype=torch.float32)
+    plain = T.train_ppt(canvases, landmarks, warps, MODELS, _cfg(epochs=8, n_textures=lever.get("n_textures", 1)),
+                        progress=False)
+    assert not torch.equal(res.texture, plain.texture)  # the lever changes what is trained

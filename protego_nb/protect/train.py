@@ -38,7 +38,7 @@ from . import losses
 from .checkpoint import Checkpointer, TrainState
 from .texture import FlatWarp, UVWarp, Warp, init_texture
 from .train_config import PRESETS, TrainConfig, TrainResult
-from .views import diversity_apply, diversity_draw, gaussian_blur, normalise_gradient
+from .views import diversity_apply, diversity_draw, gaussian_blur, normalise_gradient, spectrum_apply, spectrum_draw
 
 __all__ = [
     "PRESETS",
@@ -125,6 +125,9 @@ class _Views:
     #: The smoothed view of ``x_in`` and, for the consistent clean reference, of ``x_clean_in`` (None when off).
     x_blur: torch.Tensor | None
     x_clean_blur: torch.Tensor | None
+    #: ``[B]`` bool, the canvases whose clean reference ``x_clean_in`` differs from the clean canvas (moved by
+    #: input diversity or seen through the spectrum view); None: none do.
+    recompute: torch.Tensor | None = None
 
 
 def _protected_views(
@@ -144,9 +147,16 @@ def _protected_views(
             x_clean_in, _ = diversity_apply(x, lm, applied, dmat)
     else:
         x_in, lm_in, applied = x_prot, lm, None
+    recompute = applied
+    if cfg.spectrum_copies > 0:  # SSA: every canvas through one random spectrum view, the clean ones likewise
+        noise, mask = spectrum_draw(tuple(x_in.shape), cfg, gen)
+        x_in = spectrum_apply(x_in, noise, mask)
+        if consistent:
+            x_clean_in = spectrum_apply(x_clean_in, noise, mask)
+            recompute = torch.ones(x.shape[0], dtype=torch.bool)
     x_blur = gaussian_blur(x_in, cfg.blur_view) if cfg.blur_view > 0 else None
     x_clean_blur = gaussian_blur(x_clean_in, cfg.blur_view) if x_blur is not None and consistent else None
-    return _Views(x_prot, x_in, lm_in, applied, x_clean_in, x_blur, x_clean_blur)
+    return _Views(x_prot, x_in, lm_in, applied, x_clean_in, x_blur, x_clean_blur, recompute)
 
 
 def _surrogate_features(
@@ -166,7 +176,7 @@ def _surrogate_features(
     Under input diversity each model's landmarks get their own Gaussian jitter."""
     consistent = cfg.uses_consistent_clean
     applied = views.applied
-    moved = applied.nonzero().flatten().to(device) if applied is not None else None
+    moved = views.recompute.nonzero().flatten().to(device) if views.recompute is not None else None
     clean = dict(clean_b)
     prot: dict[str, torch.Tensor] = {}
     prot_blur: dict[str, torch.Tensor] = {}
@@ -327,6 +337,30 @@ def texture_assignment(batch: int, count: int, gen: torch.Generator) -> torch.Te
     return (torch.randperm(batch, generator=gen) + start) % count
 
 
+def _gradient_points(texture: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> list[torch.Tensor]:
+    """Where the step's gradient is taken: the current textures, then ``neighbour_samples`` points drawn
+    uniformly within ``neighbour_radius * eps`` of them (VMI-style neighbourhood averaging)."""
+    points = [texture]
+    for _ in range(cfg.neighbour_samples):
+        u = (torch.rand(texture.shape, generator=gen) * 2 - 1) * (cfg.neighbour_radius * cfg.eps)
+        points.append(texture + u.to(texture))
+    return points
+
+
+def _point_gradient(texture, assign, models, clean_b, x, lm, warp, cfg, weight, gen, device, centres):
+    """``(gradient w.r.t. the trained textures, loss terms)`` of one batch at ``texture`` (one random view)."""
+    if assign is None and cfg.grad_vote == "none":  # the paper's step: one texture, the gradient of the batch loss
+        tex = texture.clone().requires_grad_(True)
+        loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres)
+        return _texture_gradient(loss, tex, cfg, x.shape[0]), loss
+    # one texture copy per canvas: per-canvas gradients (equal vote) and/or several textures
+    pick = assign if assign is not None else torch.zeros(x.shape[0], dtype=torch.long)
+    copies = texture[pick.to(texture.device)].clone().requires_grad_(True)
+    loss = _batch_loss(models, clean_b, copies, x, lm, warp, cfg, weight, gen, device, centres, assign)
+    reduce = _per_canvas_reduce(pick, cfg.n_textures, cfg.grad_vote)
+    return _texture_gradient(loss, copies, cfg, x.shape[0], reduce), loss
+
+
 def _train_step(
     state: TrainState,
     idx: torch.Tensor,
@@ -349,16 +383,14 @@ def _train_step(
     clean_b = {m: clean[m][idx.to(clean[m].device)] for m in models}
     weight = state.ssim_weight.weight
     assign = texture_assignment(len(idx), cfg.n_textures, gen)
-    if assign is None and cfg.grad_vote == "none":  # the paper's step: one texture, the gradient of the batch loss
-        tex = state.texture.detach().clone().requires_grad_(True)
-        loss = _batch_loss(models, clean_b, tex, x, lm, warp, cfg, weight, gen, device, centres)
-        grad = _texture_gradient(loss, tex, cfg, len(idx))
-    else:  # one texture copy per canvas: per-canvas gradients (equal vote) and/or several textures
-        pick = assign if assign is not None else torch.zeros(len(idx), dtype=torch.long)
-        copies = state.texture.detach()[pick.to(state.texture.device)].clone().requires_grad_(True)
-        loss = _batch_loss(models, clean_b, copies, x, lm, warp, cfg, weight, gen, device, centres, assign)
-        reduce = _per_canvas_reduce(pick, cfg.n_textures, cfg.grad_vote)
-        grad = _texture_gradient(loss, copies, cfg, len(idx), reduce)
+    grad, loss = None, None
+    for tex0 in _gradient_points(state.texture.detach(), cfg, gen):  # one point unless neighbour_samples > 0
+        for _ in range(max(1, cfg.spectrum_copies)):  # one view unless spectrum_copies > 0
+            g, term = _point_gradient(tex0, assign, models, clean_b, x, lm, warp, cfg, weight, gen, device, centres)
+            grad = g if grad is None else grad + g
+            if loss is None:  # the history records the loss of the first view at the current textures
+                loss = term
+    grad = grad / (max(1, cfg.spectrum_copies) * (1 + cfg.neighbour_samples))
     state.texture, state.momentum = _signed_step(state.texture, state.momentum, grad, cfg)
     record = _log_step(state.history, state.step, epoch, loss, weight)
     state.ssim_weight.update(record["ssim"])

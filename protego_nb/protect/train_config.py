@@ -45,7 +45,8 @@ from .texture import DEFAULT_EPS, DEFAULT_TEXTURE_SIZE, save_ppt
 PUSH_TARGETS = ("own", "centre")
 
 KEYED_WHEN_ON = (
-    "grad_smooth", "blur_view", "push_target", "logdet_relative", "n_textures", "texture_diversity", "grad_vote"
+    "grad_smooth", "blur_view", "push_target", "logdet_relative", "n_textures", "texture_diversity", "grad_vote",
+    "spectrum_copies", "spectrum_rho", "spectrum_sigma", "neighbour_samples", "neighbour_radius",
 )
 #: How per-canvas texture gradients are aggregated (:attr:`TrainConfig.grad_vote`).
 GRAD_VOTES = ("none", "sign", "l1")
@@ -127,6 +128,18 @@ class TrainConfig:
     #: (``"l1"``), so that no few canvases with large gradients decide the step; ``"none"``: the gradient of the
     #: batch loss (the authors').
     grad_vote: str = "none"
+    #: Spectrum simulation (SSA, Long et al. ECCV 2022; lever 3 of the transfer program): each step averages the
+    #: texture gradient over this many random views ``IDCT(DCT(x + xi) * M)`` of the protected canvases, ``xi``
+    #: Gaussian noise of std ``spectrum_sigma``, ``M`` uniform in ``[1 - rho, 1 + rho]`` per DCT coefficient and
+    #: channel; the clean reference takes the same draw (0 disables).
+    spectrum_copies: int = 0
+    spectrum_rho: float = 0.5
+    spectrum_sigma: float = 16 / 255
+    #: Neighbourhood gradient averaging (VMI-style, Wang & He CVPR 2021; lever 4): each step's gradient also
+    #: averages the gradients at this many textures drawn uniformly within ``neighbour_radius * eps`` of the
+    #: current one (0 disables).
+    neighbour_samples: int = 0
+    neighbour_radius: float = 1.5
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -167,7 +180,8 @@ class TrainConfig:
     @property
     def uses_consistent_clean(self) -> bool:
         """Whether the clean reference is transformed with the protected canvas in this config."""
-        return bool(self.consistent_clean and (self.input_diversity > 0 or self.blur_view > 0))
+        return bool(self.consistent_clean and (self.input_diversity > 0 or self.blur_view > 0
+                                               or self.spectrum_copies > 0))
 
     def validate(self) -> None:
         """Raise ``ValueError`` with the offending field for an inconsistent config."""
@@ -204,6 +218,12 @@ class TrainConfig:
             problems.append(f"texture_diversity {self.texture_diversity} must be >= 0, and > 0 only with n_textures >= 2")
         if self.grad_vote not in GRAD_VOTES:
             problems.append(f"grad_vote {self.grad_vote!r} must be one of {GRAD_VOTES}")
+        if self.spectrum_copies < 0 or not 0 <= self.spectrum_rho < 1 or self.spectrum_sigma < 0:
+            problems.append(f"spectrum_copies {self.spectrum_copies} must be >= 0, spectrum_rho {self.spectrum_rho} "
+                            f"in [0, 1), spectrum_sigma {self.spectrum_sigma} >= 0")
+        if self.neighbour_samples < 0 or self.neighbour_radius < 0:
+            problems.append(f"neighbour_samples {self.neighbour_samples} and neighbour_radius {self.neighbour_radius} "
+                            "must be >= 0")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if problems:

@@ -1,5 +1,6 @@
-"""Random views of the protected canvases during training: input diversity (DI-FGSM, Xie et al. CVPR 2019) and
-the Gaussian-smoothed view (LowKey, Cherepanova et al. ICLR 2021), with the gradient helpers of the step."""
+"""Random views of the protected canvases during training: input diversity (DI-FGSM, Xie et al. CVPR 2019),
+the Gaussian-smoothed view (LowKey, Cherepanova et al. ICLR 2021) and spectrum simulation (SSA, Long et al.
+ECCV 2022), with the gradient helpers of the step."""
 
 from __future__ import annotations
 
@@ -77,3 +78,28 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def normalise_gradient(g: torch.Tensor, kind: str) -> torch.Tensor:
     n = g.abs().sum() if kind == "l1" else g.pow(2).sum().sqrt()
     return g / n if float(n) > 0 else g
+
+
+def dct_matrix(n: int, dtype=torch.float32) -> torch.Tensor:
+    """The orthonormal DCT-II matrix ``D`` (``[n, n]``): ``D @ v`` is the DCT of ``v``, ``D.T @ c`` its inverse."""
+    k = torch.arange(n, dtype=torch.float64).view(-1, 1)
+    i = torch.arange(n, dtype=torch.float64).view(1, -1)
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.to(dtype)
+
+
+def spectrum_draw(shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SSA draw for canvases of ``shape`` ``[B, C, H, W]``: ``(noise, mask)``, the Gaussian noise (std
+    ``spectrum_sigma``) added in pixel space and the per-coefficient spectrum scale in ``[1 - rho, 1 + rho]``."""
+    noise = torch.randn(shape, generator=gen) * cfg.spectrum_sigma
+    mask = 1.0 + (torch.rand(shape, generator=gen) * 2 - 1) * cfg.spectrum_rho
+    return noise, mask
+
+
+def spectrum_apply(x: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``IDCT2(DCT2(x + noise) * mask)`` over the last two dimensions (differentiable in ``x``)."""
+    h, w = x.shape[-2:]
+    dh, dw = dct_matrix(h).to(x), dct_matrix(w).to(x)
+    c = dh @ (x + noise.to(x)) @ dw.T
+    return dh.T @ (c * mask.to(x)) @ dw

@@ -74,6 +74,13 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
         {"n_textures": 4, "texture_diversity": 1.0},
         "4 textures per user + shift-diversity term (weight 1)",
     ),
+    "spectrum5": ("protego", {"spectrum_copies": 5}, "spectrum simulation (SSA): gradient over 5 random spectrum views"),
+    "neighbour4": ("protego", {"neighbour_samples": 4}, "gradient averaged with 4 neighbours within 1.5 eps (VMI-style)"),
+    "textures4_spectrum5": (
+        "protego",
+        {"n_textures": 4, "spectrum_copies": 5},
+        "4 textures per user + spectrum simulation (5 views)",
+    ),
     "transfer_mix": (
         "protego",
         {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
