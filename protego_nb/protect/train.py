@@ -38,7 +38,14 @@ from . import losses
 from .checkpoint import Checkpointer, TrainState
 from .texture import FlatWarp, UVWarp, Warp, init_texture
 from .train_config import PRESETS, TrainConfig, TrainResult
-from .views import diversity_apply, diversity_draw, gaussian_blur, normalise_gradient, spectrum_apply, spectrum_draw
+from .views import (
+    diversity_apply,
+    diversity_draw,
+    gaussian_blur,
+    normalise_gradient,
+    spectrum_apply,
+    spectrum_draw,
+)
 
 __all__ = [
     "PRESETS",
