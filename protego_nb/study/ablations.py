@@ -81,6 +81,12 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
         {"n_textures": 4, "spectrum_copies": 5},
         "4 textures per user + spectrum simulation (5 views)",
     ),
+    "ens5_textures4_spectrum5": (
+        "protego",
+        {"extra_surrogates": ["facenet_casia", "facenet_msceleb", "mobilefacenet512"], "n_textures": 4,
+         "spectrum_copies": 5},
+        "5 surrogates + 4 textures per user + spectrum simulation (5 views)",
+    ),
     "transfer_mix": (
         "protego",
         {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
