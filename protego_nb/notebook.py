@@ -326,11 +326,10 @@ def user_means(per_user: Mapping, prefixed: bool = True) -> dict:
 
 
 def per_user_numbers(df, faces: Mapping, prots: Mapping, eps: float, methods: Sequence[str]) -> dict:
-    """Per-user recall (native and cosine) from evaluation rows ``df``, and per-user SSIM and PSNR."""
-    q = study.quality_table(faces, prots, eps).groupby(["method", "user"])[["ssim", "psnr"]].mean()
+    """Per-user recall (native and cosine) from evaluation rows ``df``, and per-user SSIM (mean and lowest) and
+    PSNR (:func:`quality_numbers`)."""
     return dict(native=study.per_user(df), cosine=study.per_user(df, metric="cosine"),
-                quality={m: {k: {u: float(q.loc[(m, u), k]) for u in faces} for k in ("ssim", "psnr")}
-                         for m in methods})
+                quality=quality_numbers(faces, {m: prots[m] for m in methods}, eps))
 
 
 def main_numbers(results: Mapping, intruder: str, methods: Sequence[str], scenarios: Sequence[str]) -> dict:
