@@ -4,6 +4,8 @@ from types import SimpleNamespace
 
 import torch
 
+from protego_nb.models import taps
+
 
 class TinyFR(torch.nn.Module):
     """Stand-in FR model with the zoo's forward signature: (canvas [B,3,H,W], landmarks [B,5,2]) -> [B, D]."""
@@ -20,5 +22,5 @@ class TinyFR(torch.nn.Module):
             self.spec = SimpleNamespace(name=name, metric="cosine")
 
     def forward(self, x, lm):
-        h = self.c2(torch.tanh(self.c1(x - 0.5)))
+        h = self.c2(taps.point(torch.tanh(self.c1(x - 0.5)), "act"))  # one tap point (models.taps)
         return h.mean((2, 3)) + 0.01 * (lm.flatten(1)[:, :1] / x.shape[-1])

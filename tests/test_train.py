@@ -321,7 +321,7 @@ def test_key_dict_leaves_out_later_options_only_at_their_defaults():
     assert "grad_smooth" not in key and "blur_view" not in key  # cache keys of earlier versions are kept
     later = ("grad_smooth", "blur_view", "consistent_clean", "push_target", "logdet_relative", "n_textures",
              "texture_diversity", "grad_vote", "spectrum_copies", "spectrum_rho", "spectrum_sigma",
-             "neighbour_samples", "neighbour_radius")
+             "neighbour_samples", "neighbour_radius", "feature_dropout", "mid_weight", "mid_depth")
     assert {k: v for k, v in cfg.to_dict().items() if k not in later} == key
     on = cfg.replace(blur_view=1.5).key_dict()
     assert on["blur_view"] == 1.5 and on != key and "grad_smooth" not in on

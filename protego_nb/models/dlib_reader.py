@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import taps
+
 __all__ = ["DlibFormatError", "DlibLayer", "DlibResNet", "load_dlib", "parse_dlib"]
 
 _LAYER_TAGS = ("con_4", "affine_", "relu_", "max_pool_2", "avg_pool_2", "add_prev_", "fc_2")
@@ -318,7 +320,7 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.aff2(self.conv2(F.relu(self.aff1(self.conv1(x)))))
         shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
-        return F.relu(_pad_add(shortcut, y))
+        return taps.point(F.relu(_pad_add(shortcut, y)), "join")  # a residual join (models.taps)
 
 
 class DlibResNet(nn.Module):

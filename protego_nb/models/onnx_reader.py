@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import taps
+
 __all__ = ["OnnxFormatError", "OnnxModule", "SUPPORTED_OPS", "load_onnx"]
 
 
@@ -188,6 +190,10 @@ def _run(node: _Node, args: list[torch.Tensor | None]) -> list[torch.Tensor]:
     return _OPS[node.op](node, *args)
 
 
+#: Tap points (:mod:`.taps`): an ``Add`` of two computed tensors is a residual join; activations are ``"act"``.
+_TAP_KINDS = {"Add": "join", "Relu": "act", "PRelu": "act", "LeakyRelu": "act"}
+
+
 class OnnxModule(nn.Module):
     """An ONNX graph as a torch module: constants as buffers, the rest interpreted in order."""
 
@@ -220,6 +226,9 @@ class OnnxModule(nn.Module):
 
         for node in self.nodes:
             outs = _run(node, [get(n) for n in node.inputs])
+            kind = _TAP_KINDS.get(node.op)
+            if kind is not None and outs[0].dim() == 4 and (kind == "act" or all(n in env for n in node.inputs)):
+                outs = [taps.point(outs[0], kind), *outs[1:]]  # a residual join / an activation (models.taps)
             for name, value in zip(node.outputs, outs):
                 if name:
                     env[name] = value

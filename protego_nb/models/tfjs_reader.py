@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import taps
 from .tflite_reader import UnsupportedOpError, conv2d_nhwc, nchw_to_graph_input, pool2d_nhwc, prelu_nhwc
 
 __all__ = ["SUPPORTED_OPS", "TFJSGraph", "UnsupportedOpError", "decode_weights", "load_tfjs_graph"]
@@ -191,6 +192,12 @@ def _ref(name: str) -> str:
                 raise UnsupportedOpError(f"multi-output reference {name!r}")
             return base
     return name
+
+
+#: Tap points (:mod:`.taps`): an ``Add`` of two computed tensors is a residual join; activation ops, also fused
+#: into a convolution, are ``"act"``.
+_TAP_KINDS = {"Add": "join", "AddV2": "join", "Relu": "act", "Relu6": "act", "Prelu": "act", "LeakyRelu": "act",
+              "_Clamp": "act"}
 
 
 class TFJSGraph(nn.Module):
@@ -573,7 +580,13 @@ class TFJSGraph(nn.Module):
         """Run the graph on NCHW ``x``; see the class docstring for shapes."""
         env: dict[str, torch.Tensor] = {self.input_name: nchw_to_graph_input(x, self._in_hwc, str(self.path))}
         for st, free in zip(self._plan, self._free, strict=True):
-            env[st.name] = self._run(st, env)
+            y = self._run(st, env)
+            kind = _TAP_KINDS.get(st.op)
+            if kind is None and any(_TAP_KINDS.get(op) == "act" for op, _ in st.cfg.get("post", ())):
+                kind = "act"  # a convolution with a fused activation
+            if kind is not None and y.dim() == 4 and (kind == "act" or all(r in env for r in st.inputs[:2])):
+                y = taps.point(y, kind)  # a residual join / an activation (models.taps)
+            env[st.name] = y
             for r in free:
                 env.pop(r, None)
         outs = {}

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import taps
+
 __all__ = [
     "SUPPORTED_OPS",
     "TFLiteGraph",
@@ -553,11 +555,24 @@ class TFLiteGraph(nn.Module):
             return torch.softmax(self._val(env, s.inputs[0]) * o["beta"], dim=-1)
         raise UnsupportedOpError(f"{self.path}: unsupported TFLite operator {op}")  # pragma: no cover
 
+    @staticmethod
+    def _tap_kind(s: _Step, env: dict[int, torch.Tensor]) -> str | None:
+        """The tap-point kind (:mod:`.taps`) of a step's output: an ``ADD`` of two computed tensors is a residual
+        join, an activation op or fused activation ``"act"``; None otherwise."""
+        if s.op == "ADD" and all(i in env for i in s.inputs[:2]):
+            return "join"
+        if s.op in ("RELU", "RELU6", "PRELU", "_PRELU") or (s.op in ("CONV_2D", "DEPTHWISE_CONV_2D")
+                                                          and s.opts.get("act") in ("relu", "relu6")):
+            return "act"
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Run the graph on NCHW ``x``; see the class docstring for shapes."""
         env = {self.input_index: nchw_to_graph_input(x, self._in_hwc, str(self.path))}
         for s in self._steps:
-            env[s.outputs[0]] = self._run(s, env)
+            y = self._run(s, env)
+            kind = self._tap_kind(s, env)
+            env[s.outputs[0]] = taps.point(y, kind) if kind is not None and y.dim() == 4 else y
         outs = {}
         for name, ti in zip(self.output_names, self.output_indices, strict=True):
             y = self._val(env, ti)

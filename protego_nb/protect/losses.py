@@ -241,6 +241,29 @@ def ensemble_terms(
     return terms, values
 
 
+def mid_feature_term(prot: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between protected and clean intermediate feature maps (``[N, ...]``, each row
+    flattened; ``clean`` constant), in ``[-1, 1]``: minimised, it pushes the protected photos' mid-layer features
+    away from the clean ones (the transfer program's lever 2)."""
+    if prot.shape != clean.shape or prot.dim() < 2:
+        raise ValueError(f"feature maps must share a shape [N, ...]; got {tuple(prot.shape)} and {tuple(clean.shape)}")
+    return F.cosine_similarity(prot.flatten(1), clean.detach().to(prot.dtype).flatten(1), dim=1).mean()
+
+
+def mid_feature_terms(
+    prot_maps: Mapping[str, torch.Tensor],
+    clean_maps: Mapping[str, torch.Tensor],
+    weight: float,
+    model_weights: Mapping[str, float] | None = None,
+) -> list[tuple[str, float, torch.Tensor]]:
+    """``(mid/<name>, weight * model share, value)`` per model (:func:`mid_feature_term`), the model shares as in
+    :func:`ensemble_terms`; the terms go to :func:`protego_loss` as ``extra_terms``."""
+    weights = {name: float((model_weights or {}).get(name, 1.0)) for name in prot_maps}
+    wsum = sum(weights.values())
+    return [(f"mid/{name}", weight * weights[name] / wsum, mid_feature_term(prot_maps[name], clean_maps[name]))
+            for name in prot_maps]
+
+
 @dataclass
 class LossTerms:
     """What :func:`protego_loss` computed, for callers that need more than the total (the training loop).
@@ -279,6 +302,7 @@ def protego_loss(
     diversity_weight: float = 0.0,
     lazy_ssim: bool = False,
     return_terms: bool = False,
+    extra_terms: Sequence[tuple[str, float, torch.Tensor]] = (),
 ) -> tuple[torch.Tensor, dict[str, float]] | LossTerms:
     """The Protego loss over a surrogate ensemble, and its parts. The one definition: ``train_ppt`` calls it.
 
@@ -294,7 +318,9 @@ def protego_loss(
     view); a view without one is compared with ``clean_feats``.
     ``lazy_ssim``: compute SSIM without autograd first and build the hinge's graph only at or below the
     floor (above it the hinge and its gradient are exactly zero, and a no-grad SSIM is cheaper than SSIM
-    forward+backward); the value and gradient are the same. ``logdet_offsets``, ``texture_ids`` and
+    forward+backward); the value and gradient are the same. ``extra_terms``: more ``(key, weight, value)`` feature
+    terms added to the total and logged under their keys (the mid-layer push, :func:`mid_feature_terms`).
+    ``logdet_offsets``, ``texture_ids`` and
     ``diversity_weight`` (several textures per user): see :func:`ensemble_terms`.
 
     Without ``x_prot``/``x_clean`` the SSIM term is omitted. Returns ``(total, parts)`` with ``parts``
@@ -320,6 +346,9 @@ def protego_loss(
             ref = (view_clean or {}).get(view) or clean_feats
             terms_v, _ = ensemble_terms(feats, ref, **kw)
             terms += [(f"{k}/{view}", w * share, v) for k, w, v in terms_v]
+    for key, w, v in extra_terms:
+        terms.append((key, w, v))
+        parts[key] = float(v.detach())
     total = sum(w * v for _, w, v in terms)
     hinge = torch.zeros((), dtype=terms[0][2].dtype, device=terms[0][2].device)
     if x_prot is not None and x_clean is not None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models import taps
 from ..models.embed import embed_all
 from . import losses
 from .checkpoint import Checkpointer, TrainState
@@ -166,6 +167,28 @@ def _protected_views(
     return _Views(x_prot, x_in, lm_in, applied, x_clean_in, x_blur, x_clean_blur, recompute)
 
 
+def _tapped_forward(model: nn.Module, x: torch.Tensor, lm: torch.Tensor, tap: taps.JoinTap | None, rewind: bool):
+    """``model(x, lm)`` seen through ``tap`` (None: plainly); ``rewind`` replays the step's network for another
+    pass. Returns ``(embedding, recorded mid-layer map or None)``."""
+    if tap is None:
+        return model(x, lm), None
+    if rewind:
+        tap.rewind()
+    with taps.tapped(tap):
+        z = model(x, lm)
+    return z, tap.recorded
+
+
+def _step_tap(model: nn.Module, views: _Views, cfg: TrainConfig, gen: torch.Generator) -> taps.JoinTap | None:
+    """One model's tap for this step (:mod:`protego_nb.models.taps`): dropout at its tap points and/or recording
+    of the point at ``mid_depth``; None when neither lever is on."""
+    if not cfg.uses_taps:
+        return None
+    kind, count = taps.prepare(model, views.x_in, views.lm_in)
+    record = taps.mid_index(count, cfg.mid_depth) if cfg.mid_weight > 0 else None
+    return taps.JoinTap(kind, cfg.feature_dropout, record, gen)
+
+
 def _surrogate_features(
     models: Mapping[str, nn.Module],
     views: _Views,
@@ -173,14 +196,18 @@ def _surrogate_features(
     cfg: TrainConfig,
     gen: torch.Generator,
     device: torch.device,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor],
+           dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Each surrogate's embeddings of the protected canvases, in model order.
 
-    Returns ``(prot, prot_blur, clean, clean_blur)``: the protected canvases' and their smoothed view's
+    Returns ``(prot, prot_blur, clean, clean_blur, mids)``: the protected canvases' and their smoothed view's
     embeddings (with autograd), and the clean references: ``clean_b`` (the cached clean features of the batch)
     with, for the consistent clean reference, the moved canvases' features replaced by those of the clean
     canvases under the same draw and landmark jitter, and the smoothed clean view's (both without autograd).
-    Under input diversity each model's landmarks get their own Gaussian jitter."""
+    Under input diversity each model's landmarks get their own Gaussian jitter. With ``feature_dropout`` or
+    ``mid_weight`` every pass of a model goes through the step's tap (:func:`_step_tap`: one perturbed network
+    for all of them) and the clean reference of the whole batch is re-embedded through it; ``mids[name]`` is
+    then ``(protected, clean)`` mid-layer maps (with ``mid_weight``)."""
     consistent = cfg.uses_consistent_clean
     applied = views.applied
     moved = views.recompute.nonzero().flatten().to(device) if views.recompute is not None else None
@@ -188,22 +215,30 @@ def _surrogate_features(
     prot: dict[str, torch.Tensor] = {}
     prot_blur: dict[str, torch.Tensor] = {}
     clean_blur: dict[str, torch.Tensor] = {}
+    mids: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, model in models.items():
         lm_m = views.lm_in
         if applied is not None and cfg.di_landmark_jitter > 0:
             noise = torch.randn(lm_m.shape, generator=gen) * cfg.di_landmark_jitter
             lm_m = lm_m + (noise * applied.view(-1, 1, 1)).to(device=device, dtype=lm_m.dtype)
-        prot[name] = model(views.x_in, lm_m)
+        tap = _step_tap(model, views, cfg, gen)
+        prot[name], mid_prot = _tapped_forward(model, views.x_in, lm_m, tap, False)
         if views.x_blur is not None:
-            prot_blur[name] = model(views.x_blur, lm_m)
+            prot_blur[name], _ = _tapped_forward(model, views.x_blur, lm_m, tap, True)
+        if tap is not None:  # the perturbed network's (or the mid layer's) clean reference: the whole batch anew
+            with torch.no_grad():
+                c_all, mid_clean = _tapped_forward(model, views.x_clean_in, lm_m, tap, True)
+            clean[name] = c_all.detach().float()
+            if mid_prot is not None:
+                mids[name] = (mid_prot, mid_clean.detach())
         if consistent:
             with torch.no_grad():
-                if moved is not None and len(moved):  # unmoved canvases keep their cached clean features
+                if tap is None and moved is not None and len(moved):  # unmoved canvases keep their cached features
                     c_moved = model(views.x_clean_in[moved], lm_m[moved]).detach().float()
                     clean[name] = clean[name].index_copy(0, moved.to(clean[name].device), c_moved)
                 if views.x_clean_blur is not None:
-                    clean_blur[name] = model(views.x_clean_blur, lm_m).detach().float()
-    return prot, prot_blur, clean, clean_blur
+                    clean_blur[name] = _tapped_forward(model, views.x_clean_blur, lm_m, tap, True)[0].detach().float()
+    return prot, prot_blur, clean, clean_blur, mids
 
 
 def _batch_loss(
@@ -224,7 +259,7 @@ def _batch_loss(
     loss definition; the smoothed view, when on, enters as a second view). ``tex``: one texture for the batch, or
     one texture copy per canvas; ``assign`` (``[B]``, several textures): which texture each canvas carries."""
     views = _protected_views(tex, x, lm, warp, cfg, gen)
-    prot, prot_blur, clean, clean_blur = _surrogate_features(models, views, clean_b, cfg, gen, device)
+    prot, prot_blur, clean, clean_blur, mids = _surrogate_features(models, views, clean_b, cfg, gen, device)
     if cfg.push_target == "centre":  # every photo pushed from the user's clean centre, whatever its view
         clean = {m: centres[m].to(prot[m]).expand_as(prot[m]) for m in prot}
         clean_blur = {}
@@ -248,6 +283,8 @@ def _batch_loss(
         diversity_weight=cfg.texture_diversity,
         lazy_ssim=True,
         return_terms=True,
+        extra_terms=losses.mid_feature_terms({m: p for m, (p, _) in mids.items()}, {m: c for m, (_, c) in mids.items()},
+                                             cfg.mid_weight, cfg.model_weights) if mids else (),
     )
 
 
@@ -317,10 +354,11 @@ def _log_step(
     history: dict[str, list[float]], step: int, epoch: int, loss: losses.LossTerms, ssim_weight: float
 ) -> dict[str, float]:
     """Append one step's record to ``history`` (``step``, ``epoch``, ``total``, ``ssim``, ``ssim_weight``, then
-    the ``logdet/<m>``, ``cosine/<m>`` and, with several textures, ``diversity/<m>`` terms); returns the record."""
+    the ``logdet/<m>``, ``cosine/<m>`` and, with several textures, ``diversity/<m>`` terms, and with the mid-layer
+    push ``mid/<m>``); returns the record."""
     record = {"step": step, "epoch": epoch, "total": float(loss.total.detach()), "ssim": float(loss.parts["ssim"])}
     record["ssim_weight"] = ssim_weight
-    record.update({k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/", "diversity/"))})
+    record.update({k: v for k, v in loss.parts.items() if k.startswith(("logdet/", "cosine/", "diversity/", "mid/"))})
     for key, val in record.items():
         history.setdefault(key, []).append(float(val))
     return record

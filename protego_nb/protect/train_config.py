@@ -20,8 +20,8 @@ texture gradient Gaussian-smoothed before the signed step), ``blur_view`` (LowKe
 2021: the loss also on a Gaussian-blurred copy of each protected canvas), ``consistent_clean`` (on: under input
 diversity and the smoothed view the clean reference of the cosine term is the clean canvas under the same
 draw, transform, landmark jitter and blur, embedded without autograd; off: the untransformed clean features;
-without those options it changes nothing, bit for bit), ``logdet_form``,
-``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
+without those options it changes nothing, bit for bit), ``logdet_form``, ``feature_dropout`` (model augmentation: dropout at the surrogates' residual joins) and
+``mid_weight`` / ``mid_depth`` (a mid-layer feature push), ``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
 ``"flat"`` 2D mask). Measured effects on black-box transfer: notebook 04 and the README's transfer sweep.
 """
 
@@ -47,6 +47,7 @@ PUSH_TARGETS = ("own", "centre")
 KEYED_WHEN_ON = (
     "grad_smooth", "blur_view", "push_target", "logdet_relative", "n_textures", "texture_diversity", "grad_vote",
     "spectrum_copies", "spectrum_rho", "spectrum_sigma", "neighbour_samples", "neighbour_radius",
+    "feature_dropout", "mid_weight", "mid_depth",
 )
 #: How per-canvas texture gradients are aggregated (:attr:`TrainConfig.grad_vote`).
 GRAD_VOTES = ("none", "sign", "l1")
@@ -140,6 +141,17 @@ class TrainConfig:
     #: current one (0 disables).
     neighbour_samples: int = 0
     neighbour_radius: float = 1.5
+    #: Model augmentation (lever 1 of the transfer program; Ghost Networks, Li et al. AAAI 2020): dropout with this
+    #: probability at every surrogate's residual joins (at its activations when it has no joins; the tap points of
+    #: :mod:`protego_nb.models.taps`), a fresh mask per model and step, so that each step attacks a slightly different
+    #: network; the step's clean reference is re-embedded through the same perturbed network (0 disables).
+    feature_dropout: float = 0.0
+    #: Mid-layer feature push (lever 2; after ILA, Huang et al. ICCV 2019, and FIA, Wang et al. ICCV 2021): weight of
+    #: a ``mid/<model>`` term, the mean cosine similarity between the protected and clean feature maps at the tap
+    #: point at relative depth ``mid_depth`` (0 first, 1 last) of each surrogate, minimised beside the embedding
+    #: terms (weighted by the model's share, like them); the clean maps come from the same view (0 disables).
+    mid_weight: float = 0.0
+    mid_depth: float = 0.5
     #: Write a checkpoint every this many steps (and at the end), when a checkpoint path is given.
     checkpoint_every: int = 50
 
@@ -176,6 +188,11 @@ class TrainConfig:
         if not (self.uses_consistent_clean):
             del d["consistent_clean"]
         return d
+
+    @property
+    def uses_taps(self) -> bool:
+        """Whether training reads or perturbs the surrogates' insides (:mod:`protego_nb.models.taps`)."""
+        return self.feature_dropout > 0 or self.mid_weight > 0
 
     @property
     def uses_consistent_clean(self) -> bool:
@@ -224,6 +241,10 @@ class TrainConfig:
         if self.neighbour_samples < 0 or self.neighbour_radius < 0:
             problems.append(f"neighbour_samples {self.neighbour_samples} and neighbour_radius {self.neighbour_radius} "
                             "must be >= 0")
+        if not 0 <= self.feature_dropout < 0.5:
+            problems.append(f"feature_dropout {self.feature_dropout} must be in [0, 0.5)")
+        if self.mid_weight < 0 or not 0 <= self.mid_depth <= 1:
+            problems.append(f"mid_weight {self.mid_weight} must be >= 0 and mid_depth {self.mid_depth} in [0, 1]")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if problems:

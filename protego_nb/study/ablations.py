@@ -87,6 +87,13 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
          "spectrum_copies": 5},
         "5 surrogates + 4 textures per user + spectrum simulation (5 views)",
     ),
+    "dropout5": ("protego", {"feature_dropout": 0.05},
+                 "model augmentation: dropout 0.05 at the surrogates' residual joins (Ghost-network style)"),
+    "dropout10": ("protego", {"feature_dropout": 0.1}, "model augmentation: dropout 0.1 at the residual joins"),
+    "mid": ("protego", {"mid_weight": 1.0}, "mid-layer push: cosine of the feature maps at half depth, weight 1"),
+    "mid_late": ("protego", {"mid_weight": 1.0, "mid_depth": 0.75}, "mid-layer push at three-quarter depth"),
+    "textures4_dropout5": ("protego", {"n_textures": 4, "feature_dropout": 0.05}, "4 textures per user + dropout 0.05"),
+    "textures4_mid": ("protego", {"n_textures": 4, "mid_weight": 1.0}, "4 textures per user + mid-layer push"),
     "transfer_mix": (
         "protego",
         {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
