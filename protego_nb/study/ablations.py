@@ -91,6 +91,7 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
                  "model augmentation: dropout 0.05 at the surrogates' residual joins (Ghost-network style)"),
     "dropout10": ("protego", {"feature_dropout": 0.1}, "model augmentation: dropout 0.1 at the residual joins"),
     "mid": ("protego", {"mid_weight": 1.0}, "mid-layer push: cosine of the feature maps at half depth, weight 1"),
+    "mid_w10": ("protego", {"mid_weight": 10.0}, "mid-layer push at half depth, weight 10"),
     "mid_late": ("protego", {"mid_weight": 1.0, "mid_depth": 0.75}, "mid-layer push at three-quarter depth"),
     "textures4_dropout5": ("protego", {"n_textures": 4, "feature_dropout": 0.05}, "4 textures per user + dropout 0.05"),
     "textures4_mid": ("protego", {"n_textures": 4, "mid_weight": 1.0}, "4 textures per user + mid-layer push"),
