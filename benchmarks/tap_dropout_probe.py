@@ -1,8 +1,8 @@
 """How much dropout at a model's tap points (protego_nb.models.taps) changes its embedding of real faces.
 
 For each zoo model and dropout probability: the cosine similarity between the clean embedding and the embedding
-through the perturbed network (one fresh mask draw per face), over one photo each of the first N LFW identities
-with at least 15 photos. Decides which ``feature_dropout`` keeps a face's identity (README "Transfer levers: model
+through the perturbed network (one mask draw per face), over the first photo of each of N LFW identities with at
+least 15 photos (``data.select_users``, seed 0). Decides which ``feature_dropout`` keeps a face's identity (README "Transfer levers: model
 augmentation and mid-layer features"). Writes ``data/results/bench/<out>.json``.
 
     python benchmarks/tap_dropout_probe.py --faces 20
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     "mean": statistics.mean(cos), "min": min(cos), "per_face": cos}
                 print(f"{name:18s} {kind} x{count:2d} p={p}: cos mean {statistics.mean(cos):.3f} min {min(cos):.3f}")
     rec = {"what": __doc__.splitlines()[0], "command": "python " + " ".join(sys.argv), "git": runtime.git_info(),
-           "faces": [str(c.path) for c in rep.canvases], "machine": runtime.machine(), "seconds": time.perf_counter() - t0, "models": rows}
+           "faces": [str(c.path) for c in rep.canvases], "machine": runtime.machine(),
+           "seconds": time.perf_counter() - t0, "models": rows}
     out = paths.REPO_ROOT / "data" / "results" / "bench" / f"{args.out}.json"
     io.atomic_write_text(out, json.dumps(rec, indent=1))
     print(f"wrote {out}")

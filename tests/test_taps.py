@@ -90,6 +90,7 @@ def _loaded(name):
 
 @pytest.mark.parametrize("name, kind, count", [("sface", "act", 27), ("mobilefacenet", "join", 12),
                                                ("dlib_resnet", "join", 14), ("facenet_casia", "join", 21),
+                                               ("facenet_msceleb", "join", 21), ("mobileface", "join", 17),
                                                ("faceres", "act", 27), ("mobilefacenet512", "join", 12)])
 def test_every_reader_exposes_the_real_nets_joins_or_activations(name, kind, count):
     model = _loaded(name)

@@ -177,6 +177,19 @@ class DynamicSSIMWeight:
         self.weight = float(state["weight"])
 
 
+def model_shares(names: Sequence[str], model_weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each model's share of the ensemble mean: ``model_weights[name] / sum`` (missing names weigh 1).
+    ``ValueError`` for weights of unknown models, negative weights or a zero sum."""
+    unknown = set(model_weights or {}) - set(names)
+    if unknown:
+        raise ValueError(f"model weights name unknown models {sorted(unknown)}; models are {sorted(names)}")
+    weights = {name: float((model_weights or {}).get(name, 1.0)) for name in names}
+    wsum = sum(weights.values())
+    if wsum <= 0 or min(weights.values()) < 0:
+        raise ValueError(f"model weights must be >= 0 with a positive sum, got {weights}")
+    return {name: w / wsum for name, w in weights.items()}
+
+
 def ensemble_terms(
     prot_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
     clean_feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
@@ -211,17 +224,11 @@ def ensemble_terms(
         raise ValueError(f"protected and clean features name different models: {sorted(prot_feats)} vs {sorted(clean_feats)}")
     if not prot_feats:
         raise ValueError("at least one surrogate model's features are needed")
-    unknown = set(model_weights or {}) - set(prot_feats)
-    if unknown:
-        raise ValueError(f"model weights name unknown models {sorted(unknown)}; models are {sorted(prot_feats)}")
-    weights = {name: float((model_weights or {}).get(name, 1.0)) for name in prot_feats}
-    wsum = sum(weights.values())
-    if wsum <= 0 or min(weights.values()) < 0:
-        raise ValueError(f"model weights must be >= 0 with a positive sum, got {weights}")
+    shares = model_shares(list(prot_feats), model_weights)
     terms: list[tuple[str, float, torch.Tensor]] = []
     values: dict[str, float] = {}
     for name, zp in prot_feats.items():
-        share = weights[name] / wsum
+        share = shares[name]
         cos = cosine_term(zp, clean_feats[name])
         terms.append((f"cosine/{name}", cosine_weight * share, cos))
         values[f"cosine/{name}"] = float(cos.detach())
@@ -256,11 +263,10 @@ def mid_feature_terms(
     weight: float,
     model_weights: Mapping[str, float] | None = None,
 ) -> list[tuple[str, float, torch.Tensor]]:
-    """``(mid/<name>, weight * model share, value)`` per model (:func:`mid_feature_term`), the model shares as in
-    :func:`ensemble_terms`; the terms go to :func:`protego_loss` as ``extra_terms``."""
-    weights = {name: float((model_weights or {}).get(name, 1.0)) for name in prot_maps}
-    wsum = sum(weights.values())
-    return [(f"mid/{name}", weight * weights[name] / wsum, mid_feature_term(prot_maps[name], clean_maps[name]))
+    """``(mid/<name>, weight * model share, value)`` per model (:func:`mid_feature_term`), the shares of
+    :func:`model_shares` as in :func:`ensemble_terms`; the terms go to :func:`protego_loss` as ``extra_terms``."""
+    shares = model_shares(list(prot_maps), model_weights)
+    return [(f"mid/{name}", weight * shares[name], mid_feature_term(prot_maps[name], clean_maps[name]))
             for name in prot_maps]
 
 

@@ -20,8 +20,9 @@ texture gradient Gaussian-smoothed before the signed step), ``blur_view`` (LowKe
 2021: the loss also on a Gaussian-blurred copy of each protected canvas), ``consistent_clean`` (on: under input
 diversity and the smoothed view the clean reference of the cosine term is the clean canvas under the same
 draw, transform, landmark jitter and blur, embedded without autograd; off: the untransformed clean features;
-without those options it changes nothing, bit for bit), ``logdet_form``, ``feature_dropout`` (model augmentation: dropout at the surrogates' residual joins) and
-``mid_weight`` / ``mid_depth`` (a mid-layer feature push), ``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
+without those options it changes nothing, bit for bit), ``logdet_form``, ``feature_dropout`` (model
+augmentation: dropout at the surrogates' residual joins), ``mid_weight`` / ``mid_depth`` (a mid-layer feature
+push), ``use_logdet=False`` (the Chameleon-style baseline: cosine + SSIM only) and ``mode`` (``"uv"`` 3D warp or
 ``"flat"`` 2D mask). Measured effects on black-box transfer: notebook 04 and the README's transfer sweep.
 """
 
