@@ -95,6 +95,11 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
     "mid_late": ("protego", {"mid_weight": 1.0, "mid_depth": 0.75}, "mid-layer push at three-quarter depth"),
     "textures4_dropout5": ("protego", {"n_textures": 4, "feature_dropout": 0.05}, "4 textures per user + dropout 0.05"),
     "textures4_mid": ("protego", {"n_textures": 4, "mid_weight": 1.0}, "4 textures per user + mid-layer push"),
+    "textures4_spectrum5_mid_w10": (
+        "protego",
+        {"n_textures": 4, "spectrum_copies": 5, "mid_weight": 10.0},
+        "4 textures per user + spectrum simulation (5 views) + mid-layer push at half depth, weight 10",
+    ),
     "transfer_mix": (
         "protego",
         {"texture_size": 64, "blur_view": 1.5, "input_diversity": 0.5, "epochs_x": 2},
