@@ -15,6 +15,12 @@ clean-feature pass, with ``--train-images`` training photos per user (24: 60 % o
 
     python benchmarks/bench_train.py --steps 3 --out bench_train.json      # CPU, 2 threads
     python benchmarks/bench_train.py --device cuda --steps 5               # GPU, when present
+    python benchmarks/bench_train.py --levers base textures4 spectrum5 --out lever_cost.json
+
+``--levers``: instead, the step time of each named ablation (:data:`protego_nb.study.ABLATIONS`, over the
+``paper`` preset and the surrogates ``dlib_resnet,mobilefacenet`` as in ``benchmarks/transfer_levers.py``; an
+ablation's extra surrogates are loaded too), in one process one after another, with its ratio to ``base``:
+the warm-cache cost of each transfer lever.
 
 Output: a JSON report on stdout (and written atomically to ``--out``).
 """
@@ -72,11 +78,12 @@ def _data(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, X.UVWarp]:
     return canvases, landmarks, X.UVWarp(uv.contiguous(), vis)
 
 
-def time_steps(models: dict, batch: int, steps: int, device: str) -> dict:
-    """Seconds per training step and per image of the clean-feature pass, from one run of ``steps`` steps."""
+def time_steps(models: dict, batch: int, steps: int, device: str, cfg: T.TrainConfig | None = None) -> dict:
+    """Seconds per training step and per image of the clean-feature pass, from one run of ``steps`` steps
+    (``cfg``: the training options, default the ``release`` preset; its epochs and batch are replaced)."""
     n = batch * steps
     canvases, landmarks, warps = _data(n, device)
-    cfg = T.TrainConfig.from_preset("release", epochs=1, batch_size=batch)
+    cfg = (cfg or T.TrainConfig.from_preset("release")).replace(epochs=1, batch_size=batch)
     # warm-up: one step (allocator, kernels, lazy init)
     T.train_ppt(canvases[:batch], landmarks[:batch], warps.select(slice(0, batch)), models, cfg, device, progress=False)
     _sync(device)
@@ -104,6 +111,26 @@ def project(timing_by_batch: dict[int, dict], n_train: int) -> dict:
     return out
 
 
+def lever_costs(names: list[str], steps: int, device: str, surrogates: list[str]) -> dict:
+    """Step time of each ablation in ``names`` (batch 4, the ``paper`` preset under it) and its ratio to the
+    first one's; every model any of them needs is loaded once, before timing."""
+    from protego_nb import study
+    from protego_nb.models import zoo
+
+    base = T.TrainConfig.from_preset("paper")
+    setups = {n: study.ablation_setup(n, base, surrogates) for n in names}
+    loaded = {m: zoo.load(m, device) for m in dict.fromkeys(m for _, _, ms in setups.values() for m in ms)}
+    out: dict = {}
+    for name, (_, cfg, models) in setups.items():
+        t = time_steps({m: loaded[m] for m in models}, cfg.batch_size, steps, device, cfg)
+        out[name] = {"surrogates": models, "s_per_step": round(t["s_per_step"], 4), "steps": steps,
+                     "batch": cfg.batch_size}
+    first = out[names[0]]["s_per_step"]
+    for rec in out.values():
+        rec["x_" + names[0]] = round(rec["s_per_step"] / first, 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -112,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tiny", type=int, default=3, help="number of tiny stand-in surrogates (0: skip)")
     ap.add_argument("--zoo", default="dlib_resnet,mobilefacenet,faceres", help="zoo surrogates ('' to skip)")
     ap.add_argument("--train-images", type=int, default=24, help="training photos per user for the projection")
+    ap.add_argument("--levers", nargs="+", help="time these ablations instead (the first is the reference)")
+    ap.add_argument("--surrogates", default="dlib_resnet,mobilefacenet", help="the levers' base surrogates")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -129,6 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": {},
     }
     suites: dict[str, dict] = {}
+    if args.levers:
+        from protego_nb import runtime
+
+        report["command"] = " ".join(["python", *sys.argv])
+        report["git"] = runtime.git_info()
+        report["levers"] = lever_costs(args.levers, args.steps, args.device, args.surrogates.split(","))
+        args.tiny, args.zoo = 0, ""
     if args.tiny > 0:
         suites[f"tiny_x{args.tiny}"] = {f"tiny{i}": TinyFR(i).to(args.device) for i in range(args.tiny)}
     names = [n for n in args.zoo.split(",") if n]
