@@ -9,6 +9,8 @@ per-user values (the notebook-04 layout, so :func:`protego_nb.evaluate.tables.ab
 
     python benchmarks/transfer_levers.py --levers push_centre logdet_relative centre_both
     python benchmarks/transfer_levers.py --render data/results/bench/transfer_levers.json   # tables only
+    python benchmarks/transfer_levers.py --render data/results/bench/transfer_levers_spectrum.json \
+        --pairs textures4_spectrum5:textures4        # + one lever against another, paired over the same users
 """
 
 from __future__ import annotations
@@ -28,10 +30,30 @@ from protego_nb.evaluate import tables  # noqa: E402
 from protego_nb.protect import train as tr  # noqa: E402
 from protego_nb.report import to_markdown  # noqa: E402
 
+COLUMNS = ("bb_2a", "bb_1a", "bb_2b", "wb_2a")
+
+
+def pair_table(rec: dict, pairs: list[str]) -> pd.DataFrame:
+    """``a - b`` for each ``"a:b"`` in ``pairs`` (two ablations of ``rec``), on every recall column and SSIM, with
+    its 95% paired bootstrap interval over the same users."""
+    per = rec["per_user"]["ablations"]
+    rows = []
+    for pair in pairs:
+        a, _, b = pair.partition(":")
+        if a not in per or b not in per:
+            raise ValueError(f"pair {pair!r}: both sides must be ablations of this record ({sorted(per)})")
+        for col in (*COLUMNS, "ssim"):
+            p = tables.paired_row(per[a][col], per[b][col], digits=3 if col == "ssim" else 1)
+            rows.append({"lever": a, "against": b, "column": col, "n": p["n"], "a": p["a"], "b": p["b"],
+                         "a - b [95% CI]": p["a - b [95% CI]"], "effect": p["effect"]})
+    return pd.DataFrame(rows).set_index(["lever", "against", "column"])
+
 
 def render(rec: dict) -> str:
-    """The lever table (mean ± std over users) and each lever minus the base with its 95% paired interval."""
-    paired = tables.ablation_paired(rec, columns=("bb_2a", "bb_1a", "bb_2b", "wb_2a"))
+    """The lever table (mean ± std over users), each lever minus the base with its 95% paired interval, and the
+    record's ``pairs`` (one lever against another; a rendering choice, so it may be added after the run by
+    ``--render --pairs``, which leaves the run's own fields as they were)."""
+    paired = tables.ablation_paired(rec, columns=COLUMNS)
     per = rec["per_user"]["ablations"]
     rows = []
     for name in rec["params"]["ablations"]:
@@ -44,6 +66,9 @@ def render(rec: dict) -> str:
     text = to_markdown(tables.ablation_table(rec)) + "\n\n" + to_markdown(paired) + "\n"
     if ssim is not None:
         text += "\nMean SSIM, lever - base:\n\n" + to_markdown(ssim) + "\n"
+    if rec.get("pairs"):
+        text += "\nOne lever against another, paired over the same users:\n\n"
+        text += to_markdown(pair_table(rec, rec["pairs"])) + "\n"
     return text
 
 
@@ -57,9 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intruder", default="sface")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default="transfer_levers")
+    ap.add_argument("--pairs", nargs="+", default=[], metavar="A:B",
+                    help="also A - B for these pairs of levers (with --render: recorded into the JSON too)")
     args = ap.parse_args(argv)
+    for pair in args.pairs:
+        if pair.count(":") != 1:
+            ap.error(f"--pairs takes A:B, got {pair!r}")
     if args.render:
-        text = render(json.loads(args.render.read_text()))
+        rec = json.loads(args.render.read_text())
+        if args.pairs:
+            rec["pairs"] = args.pairs
+            io.atomic_write_text(args.render, json.dumps(rec, indent=1))
+        text = render(rec)
         io.atomic_write_text(args.render.with_suffix(".md"), text)
         print(text)
         return 0
@@ -82,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t0, "users": users,
         "params": {"ablations": names, "surrogates": args.surrogates, "intruder": args.intruder,
                    "config": cfg.to_dict(), "split": args.split},
+        "pairs": args.pairs,
         "per_user": {"ablations": study.ablation_per_user(rows)},
     }
     text = render(rec)
