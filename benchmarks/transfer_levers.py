@@ -34,19 +34,8 @@ COLUMNS = ("bb_2a", "bb_1a", "bb_2b", "wb_2a")
 
 
 def pair_table(rec: dict, pairs: list[str]) -> pd.DataFrame:
-    """``a - b`` for each ``"a:b"`` in ``pairs`` (two ablations of ``rec``), on every recall column and SSIM, with
-    its 95% paired bootstrap interval over the same users."""
-    per = rec["per_user"]["ablations"]
-    rows = []
-    for pair in pairs:
-        a, _, b = pair.partition(":")
-        if a not in per or b not in per:
-            raise ValueError(f"pair {pair!r}: both sides must be ablations of this record ({sorted(per)})")
-        for col in (*COLUMNS, "ssim"):
-            p = tables.paired_row(per[a][col], per[b][col], digits=3 if col == "ssim" else 1)
-            rows.append({"lever": a, "against": b, "column": col, "n": p["n"], "a": p["a"], "b": p["b"],
-                         "a - b [95% CI]": p["a - b [95% CI]"], "effect": p["effect"]})
-    return pd.DataFrame(rows).set_index(["lever", "against", "column"])
+    """``a - b`` for each ``"a:b"`` in ``pairs`` on every recall column and SSIM (:func:`tables.lever_pairs`)."""
+    return tables.lever_pairs(rec, pairs, columns=(*COLUMNS, "ssim"))
 
 
 def render(rec: dict) -> str:

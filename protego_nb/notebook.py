@@ -432,7 +432,8 @@ def bench_record(name: str) -> dict:
 
 def bench_tables(name: str) -> tuple[str, list]:
     """``(source line, tables)`` of a committed transfer record: a diagnostic (``values``: the cells and their
-    contrasts) or a lever run (``per_user.ablations``: the levers and each lever minus the base)."""
+    contrasts) or a lever run (``per_user.ablations``: the levers, each lever minus the base and, when the record
+    names ``pairs``, one lever against another)."""
     from .evaluate import tables
 
     rec = bench_record(name)
@@ -442,7 +443,10 @@ def bench_tables(name: str) -> tuple[str, list]:
     source = f"{name}: `{rec.get('command', '?')}` at commit {commit}, {len(users)} users"
     if "values" in rec:
         return source, [tables.transfer_cells_table(rec), tables.transfer_contrasts_table(rec)]
-    return source, [tables.ablation_table(rec), tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)]
+    out = [tables.ablation_table(rec), tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)]
+    if rec.get("pairs"):  # one lever against another (benchmarks/transfer_levers.py --pairs)
+        out.append(tables.lever_pairs(rec, rec["pairs"]))
+    return source, out
 
 
 # --- 06: pose study ---------------------------------------------------------------------------------------

@@ -128,6 +128,9 @@ def test_every_transfer_record_a_profile_names_is_committed_and_renders():
     rec = notebook.bench_record("transfer_levers_votes_textures")
     p = tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)
     assert p.loc[("textures4", "bb_2a"), "lever - base [95% CI]"] == "-23.0 [-30.0, -16.1]"  # README's number
+    _, tabs = notebook.bench_tables("transfer_levers_spectrum")  # a record with pairs: one lever against another
+    assert len(tabs) == 3 and tabs[2].loc[("textures4_spectrum5", "textures4", "bb_2a"), "a - b [95% CI]"] == (
+        "-11.1 [-15.8, -7.2]")  # README's number
     import pytest
 
     with pytest.raises(FileNotFoundError, match="no such committed benchmark record"):

@@ -391,6 +391,23 @@ def ablation_paired(r: Mapping, base: str = "base", columns: Sequence[str] = ("b
     return _frame(rows, ["ablation", "column"])
 
 
+def lever_pairs(r: Mapping, pairs: Sequence[str], columns: Sequence[str] = (*TRANSFER_COLUMNS, "ssim")) -> pd.DataFrame:
+    """One lever against another: ``a - b`` for each ``"a:b"`` in ``pairs`` (two ablations of the record ``r``),
+    on each column, with its 95% paired bootstrap interval over the same users."""
+    per = r["per_user"]["ablations"]
+    rows = []
+    for pair in pairs:
+        a, _, b = pair.partition(":")
+        if a not in per or b not in per:
+            raise ValueError(f"pair {pair!r}: both sides must be ablations of this record ({sorted(per)})")
+        for c in columns:
+            p = paired_row(per[a][c], per[b][c], digits=3 if c == "ssim" else 1)
+            rows.append({"lever": a, "against": b, "column": c, "n": p["n"], "a": p["a"], "b": p["b"],
+                         "a - b [95% CI]": p["a - b [95% CI]"], "effect": p["effect"]})
+    return _frame(rows, ["lever", "against", "column"])
+
+
+
 # ------------------------------------------------------------------------------------------- notebook 03
 def transfer_cells_table(rec: Mapping, version: str = "raw") -> pd.DataFrame:
     """The transfer diagnostic's cells (a live :func:`protego_nb.study.transfer.diagnose` record or the committed
