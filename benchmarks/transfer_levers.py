@@ -30,19 +30,12 @@ from protego_nb.evaluate import tables  # noqa: E402
 from protego_nb.protect import train as tr  # noqa: E402
 from protego_nb.report import to_markdown  # noqa: E402
 
-COLUMNS = ("bb_2a", "bb_1a", "bb_2b", "wb_2a")
-
-
-def pair_table(rec: dict, pairs: list[str]) -> pd.DataFrame:
-    """``a - b`` for each ``"a:b"`` in ``pairs`` on every recall column and SSIM (:func:`tables.lever_pairs`)."""
-    return tables.lever_pairs(rec, pairs, columns=(*COLUMNS, "ssim"))
-
 
 def render(rec: dict) -> str:
     """The lever table (mean ± std over users), each lever minus the base with its 95% paired interval, and the
     record's ``pairs`` (one lever against another; a rendering choice, so it may be added after the run by
     ``--render --pairs``, which leaves the run's own fields as they were)."""
-    paired = tables.ablation_paired(rec, columns=COLUMNS)
+    paired = tables.ablation_paired(rec, columns=tables.TRANSFER_COLUMNS)
     per = rec["per_user"]["ablations"]
     rows = []
     for name in rec["params"]["ablations"]:
@@ -57,7 +50,7 @@ def render(rec: dict) -> str:
         text += "\nMean SSIM, lever - base:\n\n" + to_markdown(ssim) + "\n"
     if rec.get("pairs"):
         text += "\nOne lever against another, paired over the same users:\n\n"
-        text += to_markdown(pair_table(rec, rec["pairs"])) + "\n"
+        text += to_markdown(tables.lever_pairs(rec, rec["pairs"])) + "\n"
     return text
 
 

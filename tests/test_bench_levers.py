@@ -1,4 +1,4 @@
-"""benchmarks/transfer_levers.py's rendering: one lever against another, paired over the same users."""
+"""tables.lever_pairs and benchmarks/transfer_levers.py's rendering: one lever against another, paired over the same users."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from protego_nb.evaluate import tables
 
 _SPEC = importlib.util.spec_from_file_location(
     "transfer_levers", Path(__file__).parents[1] / "benchmarks" / "transfer_levers.py"
@@ -31,12 +33,12 @@ def _rec(pairs=None):
 
 
 def test_pair_table_is_a_minus_b_on_the_same_users():
-    t = bench.pair_table(_rec(), ["a:b"])
+    t = tables.lever_pairs(_rec(), ["a:b"])
     row = t.loc[("a", "b", "bb_2a")]
     assert row["n"] == 6 and row["a - b [95% CI]"] == "-6.0 [-6.0, -6.0]" and row["effect"] == "yes"
     assert t.loc[("a", "b", "bb_1a")]["effect"] == "no"
     with pytest.raises(ValueError, match="both sides"):
-        bench.pair_table(_rec(), ["a:nope"])
+        tables.lever_pairs(_rec(), ["a:nope"])
 
 
 def test_render_adds_pairs_after_the_run_without_touching_its_fields(tmp_path):

@@ -407,7 +407,6 @@ def lever_pairs(r: Mapping, pairs: Sequence[str], columns: Sequence[str] = (*TRA
     return _frame(rows, ["lever", "against", "column"])
 
 
-
 # ------------------------------------------------------------------------------------------- notebook 03
 def transfer_cells_table(rec: Mapping, version: str = "raw") -> pd.DataFrame:
     """The transfer diagnostic's cells (a live :func:`protego_nb.study.transfer.diagnose` record or the committed
