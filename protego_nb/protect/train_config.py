@@ -262,6 +262,8 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(preset="paper", epochs=50, batch_size=4, eps=16 / 255, lr_rel=0.1, min_ssim=0.95),
     # Beyond the paper (README "Transfer levers"): the paper preset with 4 textures per user, one per photo. With the
     # CLI's five-model ensemble it lowered black-box sface 2a by 42.9 points on 10 users (8 epochs, paired).
+    # spectrum_copies=5 lowers 2a by 6.3 points more at 6.9x the training time: an opt-in (--set), not part of
+    # the preset, which notebook 05 measures in every leave-one-out row (README "Transfer levers").
     "transfer": TrainConfig(preset="transfer", epochs=50, batch_size=4, eps=16 / 255, lr_rel=0.1, min_ssim=0.95,
                             n_textures=4),
     # Tiny: a smoke run for tests and the CI notebooks.
