@@ -198,6 +198,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], pd.DataFrame]]] = {
     "05_leave_one_out_floored_paired": ("05_recall_tables",
                                         lambda r: tables.loo_paired(r, source="leave_one_out_floored")),
     "05_targets_overview": ("05_recall_tables", tables.targets_overview),
+    "05_leave_one_out_targets": ("05_recall_tables", tables.loo_targets),
 }
 
 
@@ -328,6 +329,16 @@ def _targets_overview(r: dict) -> str:
             "`protego_transfer`; the main table's surrogates and the larger leave-one-out ensemble that holds the "
             "intruder out), as trained and under the per-canvas SSIM floor, with the intermediate milestone "
             "(2a <= 0.6 x 1b, and 2a below the Chameleon-style mask's of the same configuration):\n\n" + md(t))
+
+
+def _loo_targets(r: dict) -> str:
+    t = tables.loo_targets(r)
+    if t.empty:
+        return ""
+    return ("\n\nThe same targets in every leave-one-out row (each strong model held out as the intruder in turn, "
+            "the others train; surrogates in the leave-one-out table), as trained and under the per-canvas SSIM "
+            "floor; `2a / 1b` is the ratio of the mean recalls with its 95% bootstrap interval over users:\n\n"
+            + md(t))
 
 
 def _ablations(r: dict) -> str:
@@ -483,7 +494,7 @@ SECTIONS: dict[str, tuple[str | None, Callable]] = {
     "loo": ("05_recall_tables", _loo),
     "targets": ("05_recall_tables", lambda r: "Each target with the measured value and its 95% bootstrap "
                 "interval over users; `met` is decided only when the whole interval is on one side.\n\n"
-                + md(tables.targets_table(r)) + _targets_overview(r)),
+                + md(tables.targets_table(r)) + _targets_overview(r) + _loo_targets(r)),
     "floored": ("05_recall_tables", _floored),
     "ablations": ("04_gram_volume_ablations", _ablations),
     "notebook_transfer": ("04_gram_volume_ablations", _transfer04_section),

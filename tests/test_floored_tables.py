@@ -151,3 +151,24 @@ def test_the_readme_section_of_notebook_04s_transfer_section():
     text = mr._transfer04_section(r)
     assert "on 10 users" in text and "-37.1 [-43.7, -30.8]" in text and "-23.0 [-30.0, -16.1]" in text
     assert "image_vs_ppt (protego) sface_2a: -37.1" in text  # the effects sentence names it
+
+
+def test_loo_targets_every_row_both_presets_as_trained_and_floored():
+    r = _run()
+    t = tables.loo_targets(r)
+    assert list(t.index) == [("sface", m, c) for m in ("protego", "protego_transfer")
+                             for c in ("as trained", "SSIM floor")]
+    loo = r["per_user"]["leave_one_out"]["sface"]["protego_transfer"]
+    ratio = np.mean(list(loo["2a"].values())) / np.mean(list(loo["1b"].values()))  # about 40 / 97.5
+    row = t.loc[("sface", "protego_transfer", "as trained")]
+    assert row["2a / 1b [95% CI]"].startswith(f"{ratio:.2f} x")
+    assert row["2a <= 0.3 x 1b"] == "no" and row["milestone 2a <= 0.6 x 1b"] == "yes"
+    assert row["1a, 2b <= 5%"] == "no"
+    # a held-out row whose recall is near 0 meets every target
+    low = {s: {u: 1.0 for u in loo["1b"]} for s in ("1a", "2b", "2a")}
+    r["per_user"]["leave_one_out"]["sface"]["protego"].update(low)
+    row = tables.loo_targets(r).loc[("sface", "protego", "as trained")]
+    assert (row["2a <= 0.3 x 1b"], row["1a, 2b <= 5%"]) == ("yes", "yes")
+    del r["per_user"]["leave_one_out_floored"]
+    assert set(tables.loo_targets(r).index.get_level_values("canvases")) == {"as trained"}
+    assert tables.loo_targets({"params": {}, "per_user": {}}).empty
